@@ -1,0 +1,270 @@
+//! The catch-up runner: feeds each projection the event log in a global order, exactly once.
+//!
+//! ## Why not just `ORDER BY global_position`?
+//! A `bigserial` is taken when a row is inserted, not when its transaction commits: position 11
+//! can become visible before position 10. A reader that remembers "I have seen up to 11" would skip
+//! 10 for ever. Instead we order by `(transaction_id, global_position)` and only read events whose
+//! transaction id is below the oldest transaction still running (`pg_snapshot_xmin`). Every
+//! transaction below that bound has ended, so nothing can appear behind the checkpoint later:
+//! rolled-back transactions leave gaps that never block, and a long open transaction delays the
+//! projection rather than making it skip.
+//!
+//! ## Exactly once
+//! The projection's writes and its checkpoint move in one transaction. The checkpoint row is taken
+//! with `FOR UPDATE SKIP LOCKED`, so among several service instances one runner works on a
+//! projection at a time and the others simply find it busy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+
+use crate::stored_event::STORED_EVENT_COLUMNS;
+use crate::{ProjectionError, StoredEvent};
+
+/// How many events one transaction applies.
+const BATCH_SIZE: i64 = 500;
+/// How often an idle runner looks for events written by other instances.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How long a failing projection waits before trying again.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A read model fed from the event log.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// The stable name under which its checkpoint is stored.
+    fn name(&self) -> &str;
+    /// The aggregate types whose events it reads.
+    fn aggregate_types(&self) -> &[&'static str];
+    /// Applies one event inside the runner's transaction.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError>;
+}
+
+/// A place in the global order: events at or before it have been applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Checkpoint {
+    pub transaction_id: i64,
+    pub position: i64,
+}
+
+/// What one call of [`ProjectionRunner::catch_up`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Applied this many events and found no more.
+    Applied(u64),
+    /// Another runner holds the projection right now.
+    Busy,
+}
+
+pub struct ProjectionRunner {
+    pool: PgPool,
+    projections: Vec<Arc<dyn Projection>>,
+    wake: Notify,
+}
+
+impl ProjectionRunner {
+    pub fn new(pool: PgPool, projections: Vec<Arc<dyn Projection>>) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            projections,
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn projections(&self) -> &[Arc<dyn Projection>] {
+        &self.projections
+    }
+
+    /// Tells the background loops that new events were committed here.
+    pub fn nudge(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Creates the checkpoint rows; idempotent.
+    pub async fn register(&self) -> Result<(), ProjectionError> {
+        for projection in &self.projections {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING",
+            )
+            .bind(projection.name())
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies every committed event the projection has not seen yet.
+    pub async fn catch_up(&self, projection: &dyn Projection) -> Result<CatchUp, ProjectionError> {
+        let mut applied = 0;
+        loop {
+            match self.apply_batch(projection).await? {
+                None => return Ok(CatchUp::Busy),
+                Some(n) => {
+                    applied += n;
+                    if n < BATCH_SIZE as u64 {
+                        return Ok(CatchUp::Applied(applied));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply_batch(
+        &self,
+        projection: &dyn Projection,
+    ) -> Result<Option<u64>, ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        // Read the horizon before this transaction takes an id of its own (the row lock below).
+        let horizon: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *tx)
+                .await?;
+        let checkpoint: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT last_transaction_id::text::bigint, last_position FROM projection_checkpoints \
+             WHERE name = $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(projection.name())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((last_txid, last_position)) = checkpoint else {
+            return Ok(None);
+        };
+        let types: Vec<String> = projection
+            .aggregate_types()
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect();
+        let events: Vec<StoredEvent> = sqlx::query_as(&format!(
+            "SELECT {STORED_EVENT_COLUMNS} FROM events \
+             WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+               AND transaction_id < $3::text::xid8 \
+               AND aggregate_type = ANY($4) \
+             ORDER BY transaction_id, global_position LIMIT $5"
+        ))
+        .bind(last_txid.to_string())
+        .bind(last_position)
+        .bind(horizon.to_string())
+        .bind(&types)
+        .bind(BATCH_SIZE)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = events.last() else {
+            return Ok(Some(0));
+        };
+        let next = Checkpoint {
+            transaction_id: last.transaction_id,
+            position: last.global_position,
+        };
+        for event in &events {
+            projection.apply(&mut tx, event).await?;
+        }
+        sqlx::query(
+            "UPDATE projection_checkpoints SET last_transaction_id = $2::text::xid8, \
+             last_position = $3, updated_at = now() WHERE name = $1",
+        )
+        .bind(projection.name())
+        .bind(next.transaction_id.to_string())
+        .bind(next.position)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(events.len() as u64))
+    }
+
+    pub async fn checkpoint(&self, name: &str) -> Result<Checkpoint, ProjectionError> {
+        let (transaction_id, position): (i64, i64) = sqlx::query_as(
+            "SELECT last_transaction_id::text::bigint, last_position FROM projection_checkpoints WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or_default();
+        Ok(Checkpoint {
+            transaction_id,
+            position,
+        })
+    }
+
+    /// The place of the latest event of one aggregate, if it has any.
+    pub async fn latest_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Option<Checkpoint>, ProjectionError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id::text::bigint, global_position FROM events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(transaction_id, position)| Checkpoint {
+            transaction_id,
+            position,
+        }))
+    }
+
+    /// Waits until every projection reading `aggregate_type` has applied the aggregate's latest
+    /// event (read-your-writes for the HTTP API). Returns false on timeout.
+    pub async fn wait_for_aggregate(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        timeout: Duration,
+    ) -> Result<bool, ProjectionError> {
+        let Some(target) = self.latest_of(aggregate_type, aggregate_id).await? else {
+            return Ok(true);
+        };
+        self.nudge();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for projection in self
+            .projections
+            .iter()
+            .filter(|p| p.aggregate_types().contains(&aggregate_type))
+        {
+            let mut pause = Duration::from_millis(1);
+            while self.checkpoint(projection.name()).await? < target {
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                self.nudge();
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs every projection until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let mut loops = tokio::task::JoinSet::new();
+        for projection in self.projections.iter().cloned() {
+            let runner = Arc::clone(&self);
+            loops.spawn(async move { runner.run_one(projection).await });
+        }
+        shutdown.await;
+        loops.shutdown().await;
+    }
+
+    async fn run_one(&self, projection: Arc<dyn Projection>) {
+        loop {
+            let notified = self.wake.notified();
+            match self.catch_up(projection.as_ref()).await {
+                Ok(_) => {
+                    let _ = tokio::time::timeout(IDLE_POLL, notified).await;
+                }
+                Err(error) => {
+                    tracing::error!(projection = projection.name(), %error, "projection failed; retrying");
+                    tokio::time::sleep(FAILURE_BACKOFF).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Bearer tokens with roles. Tokens are kept only as SHA-256 fingerprints and compared in
+//! constant time; the principal is attached to the request for the event metadata.
+
+use axum::extract::Request;
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ledger_aggregates::secret_token::fingerprint;
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// May do everything.
+    Operator,
+    /// May only read.
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+/// Who made a request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub role: Role,
+    /// `role:` plus the first 12 hex digits of the token's fingerprint: stable, not secret.
+    pub actor: String,
+}
+
+#[derive(Debug, Clone)]
+struct TokenEntry {
+    role: Role,
+    fingerprint: [u8; 64],
+}
+
+/// The configured tokens, by fingerprint.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRegistry {
+    entries: Vec<TokenEntry>,
+}
+
+fn fingerprint_bytes(token: &str) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out.copy_from_slice(fingerprint(token).as_bytes());
+    out
+}
+
+impl TokenRegistry {
+    /// Parses `role:token,role:token`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (role, token) = pair
+                .split_once(':')
+                .ok_or_else(|| "each entry must be role:token".to_owned())?;
+            let role = match role.trim() {
+                "operator" => Role::Operator,
+                "auditor" => Role::Auditor,
+                other => return Err(format!("unknown role {other:?} (operator or auditor)")),
+            };
+            let token = token.trim();
+            if token.len() < 8 {
+                return Err("tokens must be at least 8 characters".to_owned());
+            }
+            entries.push(TokenEntry {
+                role,
+                fingerprint: fingerprint_bytes(token),
+            });
+        }
+        Ok(Self { entries })
+    }
+
+    /// Finds the role of a presented token, comparing against every entry in constant time.
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        let presented = fingerprint_bytes(token);
+        let mut found = None;
+        for entry in &self.entries {
+            if bool::from(entry.fingerprint.ct_eq(&presented)) && found.is_none() {
+                found = Some(entry.role);
+            }
+        }
+        found.map(|role| Principal {
+            role,
+            actor: format!(
+                "{}:{}",
+                role.as_str(),
+                String::from_utf8_lossy(&presented[..12])
+            ),
+        })
+    }
+}
+
+/// Middleware for `/v1`: 401 without a known token, 403 when an auditor tries to write.
+pub async fn require_token(
+    axum::extract::State(registry): axum::extract::State<std::sync::Arc<TokenRegistry>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(principal) = token.and_then(|t| registry.authenticate(t)) else {
+        return ApiError::unauthorized().into_response();
+    };
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !reads && principal.role != Role::Operator {
+        return ApiError::forbidden().into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_authenticate_to_their_role_only() {
+        let registry =
+            TokenRegistry::parse("operator:op-secret-1, auditor:au-secret-1").expect("parses");
+        assert_eq!(
+            registry.authenticate("op-secret-1").map(|p| p.role),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            registry.authenticate("au-secret-1").map(|p| p.role),
+            Some(Role::Auditor)
+        );
+        assert!(registry.authenticate("op-secret-2").is_none());
+        assert!(registry.authenticate("").is_none());
+        let actor = registry.authenticate("op-secret-1").expect("known").actor;
+        assert!(actor.starts_with("operator:") && !actor.contains("op-secret"));
+    }
+
+    #[test]
+    fn malformed_token_lists_are_refused() {
+        for bad in ["operator", "root:abcdefgh", "auditor:short"] {
+            assert!(TokenRegistry::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

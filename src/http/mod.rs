@@ -1,0 +1,70 @@
+//! The HTTP surface: routes per resource, one error type, layers for ids, tracing and limits.
+
+pub mod apps;
+pub mod auth;
+pub mod connect_callback;
+pub mod context;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderName, StatusCode};
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use self::auth::TokenRegistry;
+use self::state::AppState;
+
+/// Bodies larger than this are refused with 413 (by the body extractors, in the error shape).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
+    let request_id = HeaderName::from_static(context::REQUEST_ID_HEADER);
+    let api = apps::router().route_layer(axum::middleware::from_fn_with_state(
+        tokens,
+        auth::require_token,
+    ));
+    Router::new()
+        .merge(api)
+        .merge(connect_callback::router())
+        .merge(health::router())
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    header::AUTHORIZATION,
+                    HeaderName::from_static("stripe-signature"),
+                ]))
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+                        let id = request
+                            .headers()
+                            .get(context::REQUEST_ID_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(CatchPanicLayer::custom(|_| {
+                    error::ApiError::internal("handler panicked").into_response_boxed()
+                }))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Duration::from_secs(30),
+                ))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+}

@@ -1,0 +1,37 @@
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use url::Url;
+
+use crate::http::error::ApiError;
+use crate::ledger::Ledger;
+use crate::stripe::ConnectOAuth;
+
+/// What every handler can reach.
+pub struct Services {
+    pub pool: PgPool,
+    pub ledger: Ledger,
+    /// Absent when STRIPE_SECRET_KEY or STRIPE_CONNECT_CLIENT_ID is not configured.
+    pub oauth: Option<ConnectOAuth>,
+    /// Base of the OAuth redirect_uri.
+    pub public_base: Url,
+}
+
+pub type AppState = Arc<Services>;
+
+impl Services {
+    pub fn oauth(&self) -> Result<&ConnectOAuth, ApiError> {
+        self.oauth.as_ref().ok_or_else(|| {
+            ApiError::stripe_not_configured(
+                "Stripe Connect (STRIPE_SECRET_KEY and STRIPE_CONNECT_CLIENT_ID)",
+            )
+        })
+    }
+
+    pub fn redirect_uri(&self) -> String {
+        format!(
+            "{}/api/stripe/connect/callback",
+            self.public_base.as_str().trim_end_matches('/')
+        )
+    }
+}

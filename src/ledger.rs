@@ -1,0 +1,123 @@
+//! Command execution: cqrs-es frameworks over the PostgreSQL event store, with optimistic
+//! concurrency conflicts retried on fresh state, and read-your-writes for the HTTP API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, CqrsFramework, EventStore};
+use ledger_aggregates::app_connection::AppConnection;
+use ledger_aggregates::EventMetadata;
+use ledger_projections::ProjectionRunner;
+use postgres_es::PostgresEventRepository;
+use rand::Rng;
+use sqlx::PgPool;
+
+type Store<A> = PersistedEventStore<PostgresEventRepository, A>;
+
+/// How often a command is retried after losing an optimistic-concurrency race.
+const MAX_ATTEMPTS: usize = 8;
+/// How long a command's caller waits for the projections to show its events.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError<E: std::error::Error> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Domain(E),
+    /// Lost the optimistic-concurrency race too often in a row.
+    #[error("the aggregate is contended")]
+    Contended,
+    #[error("event store failure: {0}")]
+    Store(String),
+}
+
+fn store_error<E: std::error::Error>(error: AggregateError<E>) -> LedgerError<E> {
+    match error {
+        AggregateError::UserError(e) => LedgerError::Domain(e),
+        AggregateError::AggregateConflict => LedgerError::Contended,
+        other => LedgerError::Store(other.to_string()),
+    }
+}
+
+/// One aggregate type's command side.
+pub struct CommandBus<A: Aggregate> {
+    cqrs: CqrsFramework<A, Store<A>>,
+    store: Store<A>,
+}
+
+impl<A> CommandBus<A>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    A::Services: Default,
+{
+    fn new(pool: &PgPool) -> Self {
+        let store =
+            || PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
+        Self {
+            cqrs: CqrsFramework::new(store(), Vec::new(), A::Services::default()),
+            store: store(),
+        }
+    }
+
+    /// Executes a command, re-deciding it on fresh state when another writer got there first.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+    ) -> Result<(), LedgerError<A::Error>> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            match self
+                .cqrs
+                .execute_with_metadata(id, command.clone(), metadata.clone().into_map())
+                .await
+            {
+                Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
+                    let jitter = rand::thread_rng().gen_range(0..=(2u64 << attempt.min(6)));
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                other => return other.map_err(store_error),
+            }
+        }
+        Err(LedgerError::Contended)
+    }
+
+    /// The aggregate's current state, from its events.
+    pub async fn load(&self, id: &str) -> Result<A, LedgerError<A::Error>> {
+        let mut context = self.store.load_aggregate(id).await.map_err(store_error)?;
+        Ok(std::mem::take(context.aggregate()))
+    }
+}
+
+/// The ledger's command side and the runner that keeps its read models current.
+pub struct Ledger {
+    pub apps: CommandBus<AppConnection>,
+    pub projections: Arc<ProjectionRunner>,
+}
+
+impl Ledger {
+    pub fn new(pool: &PgPool, projections: Arc<ProjectionRunner>) -> Self {
+        Self {
+            apps: CommandBus::new(pool),
+            projections,
+        }
+    }
+
+    /// Waits until the read models show the aggregate's latest event; false after a timeout
+    /// (the write is durable either way).
+    pub async fn settle(&self, aggregate_type: &str, id: &str) -> bool {
+        match self
+            .projections
+            .wait_for_aggregate(aggregate_type, id, READ_YOUR_WRITES)
+            .await
+        {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::warn!(%error, "could not wait for projections");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! connect-ledger: the service around the pure domain in `ledger-aggregates` and the read
+//! models in `ledger-projections`: HTTP, the Stripe client, configuration, the embedded
+//! database and the command line.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod embedded;
+pub mod fake_stripe;
+pub mod http;
+pub mod ledger;
+pub mod startup;
+pub mod stripe;
+pub mod telemetry;

@@ -1,0 +1,139 @@
+//! Builds the service from configuration and runs it until asked to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ledger_projections::apps::AppsProjection;
+use ledger_projections::{Projection, ProjectionRunner};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::embedded::EmbeddedPostgres;
+use crate::http::state::Services;
+use crate::ledger::Ledger;
+use crate::stripe::ConnectOAuth;
+use crate::{db, http};
+
+/// The projections this build maintains.
+pub fn projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(AppsProjection::live())]
+}
+
+/// The database the service uses: the configured one, or a private embedded cluster.
+pub struct Database {
+    pub pool: PgPool,
+    /// Kept alive for as long as the service runs; stops the cluster when dropped.
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let (url, embedded) = match &config.database_url {
+            Some(url) => (url.expose_secret().to_owned(), None),
+            None => {
+                let embedded = EmbeddedPostgres::start(&config.data_dir)
+                    .await
+                    .context("starting the embedded PostgreSQL")?;
+                (embedded.url().to_owned(), Some(embedded))
+            }
+        };
+        let pool = db::connect(&url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        db::migrate(&pool).await.context("applying migrations")?;
+        Ok(Self { pool, embedded })
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    runner: Arc<ProjectionRunner>,
+    _database: Database,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let database = Database::open(&config).await?;
+        let pool = database.pool.clone();
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let bound = listener.local_addr()?;
+        let runner = ProjectionRunner::new(pool.clone(), projections());
+        runner.register().await?;
+        let oauth = match (&config.stripe.secret_key, &config.stripe.connect_client_id) {
+            (Some(key), Some(client_id)) => Some(ConnectOAuth::new(
+                config.stripe.connect_base.clone(),
+                key.clone(),
+                client_id.clone(),
+            )),
+            _ => None,
+        };
+        let services = Arc::new(Services {
+            pool: pool.clone(),
+            ledger: Ledger::new(&pool, Arc::clone(&runner)),
+            oauth,
+            public_base: config.public_base(bound),
+        });
+        let router = http::router(services, Arc::new(config.tokens.clone()));
+        Ok(Self {
+            listener,
+            router,
+            runner,
+            _database: database,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let projections = tokio::spawn(Arc::clone(&self.runner).run({
+            let mut stop = stop_rx.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        }));
+        tracing::info!("listening on {}", self.listener.local_addr()?);
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+        });
+        let result = serve.await;
+        let _ = stop_tx.send(true);
+        let _ = projections.await;
+        result.context("serving HTTP")
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

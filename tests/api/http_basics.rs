@@ -1,0 +1,81 @@
+//! Health, readiness, unknown routes and malformed requests.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::helpers::{error_code, spawn_app, OPERATOR_TOKEN};
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = spawn_app().await;
+    let health = app.request(Method::GET, "/healthz", None, None).await;
+    assert_eq!(health.status(), 200);
+    let ready = app.request(Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        ready.json::<Value>().await.expect("json")["status"],
+        "ready"
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    let response = app.request(Method::GET, "/healthz", None, None).await;
+    assert!(response.headers().get("x-request-id").is_some());
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_the_error_shape() {
+    let app = spawn_app().await;
+    let missing = app.get("/v1/nothing-here").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(error_code(missing).await, "not_found");
+    let wrong_method = app
+        .request(Method::DELETE, "/v1/apps", Some(OPERATOR_TOKEN), None)
+        .await;
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(error_code(wrong_method).await, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_4xx() {
+    let app = spawn_app().await;
+    let url = format!("{}/v1/apps", app.address);
+    let text = app
+        .http
+        .post(&url)
+        .bearer_auth(OPERATOR_TOKEN)
+        .header("content-type", "text/plain")
+        .body(r#"{"slug":"a","name":"b"}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(text.status(), 415);
+    assert_eq!(error_code(text).await, "unsupported_media_type");
+    let broken = app
+        .http
+        .post(&url)
+        .bearer_auth(OPERATOR_TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(broken.status(), 400);
+    assert_eq!(error_code(broken).await, "invalid_json");
+    let huge = app
+        .http
+        .post(&url)
+        .bearer_auth(OPERATOR_TOKEN)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"slug":"a","name":"{}"}}"#,
+            "x".repeat(300 * 1024)
+        ))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(huge.status(), 413);
+    assert_eq!(error_code(huge).await, "payload_too_large");
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests through HTTP, each against its own fresh PostgreSQL database and an
+//! in-process fake Stripe. One binary, so the crate compiles once.
+
+mod apps;
+mod connect;
+mod helpers;
+mod http_basics;
+mod replay;

@@ -1,0 +1,61 @@
+//! The `apps` table equals what a replay of every stored event produces.
+
+use std::sync::Arc;
+
+use ledger_projections::apps::AppsProjection;
+use ledger_projections::ProjectionRunner;
+use serde_json::json;
+use sqlx::Row;
+
+use crate::helpers::spawn_app;
+
+async fn table_rows(pool: &sqlx::PgPool, table: &str) -> Vec<String> {
+    sqlx::query(&format!(
+        "SELECT row_to_json(t)::text AS row FROM (SELECT * FROM {table} ORDER BY slug) t"
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("rows")
+    .into_iter()
+    .map(|r| r.get::<String, _>("row"))
+    .collect()
+}
+
+#[tokio::test]
+async fn the_apps_table_equals_a_replay_of_all_events() {
+    let app = spawn_app().await;
+    app.connected_app("alpha", "acct_alpha").await;
+    app.connected_app("beta", "acct_beta").await;
+    app.create_app("gamma").await;
+    let state = app.start_connect("gamma").await;
+    app.callback(&[("error", "access_denied"), ("state", &state)])
+        .await;
+    assert_eq!(
+        app.post("/v1/apps/beta/disconnect", json!({}))
+            .await
+            .status(),
+        200
+    );
+    let state = app.start_connect("beta").await;
+    let code = app.stripe.issue_code("acct_beta_2");
+    app.callback(&[("code", &code), ("state", &state)]).await;
+
+    sqlx::query("CREATE TABLE apps_replay (LIKE apps INCLUDING ALL)")
+        .execute(&app.pool)
+        .await
+        .expect("create replay table");
+    let replay = ProjectionRunner::new(
+        app.pool.clone(),
+        vec![Arc::new(AppsProjection::into_table(
+            "apps_replay",
+            "apps_replay",
+        ))],
+    );
+    replay.register().await.expect("register");
+    let projection = Arc::clone(&replay.projections()[0]);
+    replay.catch_up(projection.as_ref()).await.expect("replay");
+
+    let live = table_rows(&app.pool, "apps").await;
+    assert_eq!(live.len(), 3);
+    assert_eq!(live, table_rows(&app.pool, "apps_replay").await);
+}
