@@ -25,8 +25,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => {
-            let database = Database::open(&config).await?;
-            database.pool.close().await;
+            Database::open(&config).await?.close().await;
             println!("migrations applied");
             Ok(())
         }

@@ -46,13 +46,23 @@ impl Database {
         db::migrate(&pool).await.context("applying migrations")?;
         Ok(Self { pool, embedded })
     }
+
+    /// Closes the pool and stops the embedded cluster, if any.
+    pub async fn close(self) {
+        self.pool.close().await;
+        if let Some(embedded) = self.embedded {
+            if let Err(error) = embedded.stop().await {
+                tracing::warn!(%error, "stopping the embedded PostgreSQL");
+            }
+        }
+    }
 }
 
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     runner: Arc<ProjectionRunner>,
-    _database: Database,
+    database: Database,
 }
 
 impl Application {
@@ -84,7 +94,7 @@ impl Application {
             listener,
             router,
             runner,
-            _database: database,
+            database,
         })
     }
 
@@ -112,6 +122,7 @@ impl Application {
         let result = serve.await;
         let _ = stop_tx.send(true);
         let _ = projections.await;
+        self.database.close().await;
         result.context("serving HTTP")
     }
 }

@@ -1,5 +1,7 @@
 //! Logs: human-readable by default, JSON with `LOG_FORMAT=json`; level from `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {

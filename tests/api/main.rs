@@ -2,6 +2,7 @@
 //! in-process fake Stripe. One binary, so the crate compiles once.
 
 mod apps;
+mod binary;
 mod connect;
 mod helpers;
 mod http_basics;

@@ -1,0 +1,110 @@
+//! The real binary: start-up checks and the embedded default database.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_connect-ledger");
+
+fn base_command() -> Command {
+    let mut command = Command::new(BIN);
+    for var in [
+        "DATABASE_URL",
+        "STRIPE_SECRET_KEY",
+        "LEDGER_ENV",
+        "LEDGER_TOKENS",
+        "LEDGER_LISTEN",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+#[test]
+fn production_refuses_a_test_key_with_a_clear_message() {
+    let output = base_command()
+        .args(["migrate"])
+        .env("LEDGER_ENV", "production")
+        .env("STRIPE_SECRET_KEY", "sk_test_123")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
+        .output()
+        .expect("run the binary");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("LEDGER_ENV=production refuses"), "{stderr}");
+    assert!(
+        !stderr.contains("sk_test_123"),
+        "the key must not be echoed: {stderr}"
+    );
+}
+
+#[test]
+fn serve_runs_on_an_embedded_database_when_database_url_is_unset() {
+    let data_dir =
+        std::env::temp_dir().join(format!("cl-embedded-{}", uuid::Uuid::new_v4().simple()));
+    // First `migrate` creates the cluster; running it again is harmless.
+    for _ in 0..2 {
+        let status = base_command()
+            .arg("migrate")
+            .env("LEDGER_DATA_DIR", &data_dir)
+            .status()
+            .expect("run migrate");
+        assert!(status.success());
+    }
+    let mut child = base_command()
+        .arg("serve")
+        .env("LEDGER_DATA_DIR", &data_dir)
+        .env("LEDGER_LISTEN", "127.0.0.1:0")
+        .env("LEDGER_TOKENS", "operator:embedded-op-token")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let address = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split("listening on ")
+                .nth(1)
+                .map(|a| a.trim().to_owned())
+        })
+        .expect("logs `listening on <addr>`");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let ready = client
+            .get(format!("http://{address}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(ready.status(), 200);
+        let created = client
+            .post(format!("http://{address}/v1/apps"))
+            .bearer_auth("embedded-op-token")
+            .json(&serde_json::json!({"slug": "embedded", "name": "Embedded"}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(created.status(), 201);
+    });
+    // SIGTERM: a graceful stop that also stops the private cluster.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let mut stopped = false;
+    for _ in 0..100 {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "{status}");
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(stopped, "serve stops on SIGTERM");
+    assert!(
+        !data_dir.join("pgdata/postmaster.pid").exists(),
+        "cluster stopped"
+    );
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
