@@ -3,10 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use secrecy::SecretString;
 use url::Url;
 
 use crate::http::auth::TokenRegistry;
+use crate::stripe::RetryPolicy;
 
 /// Raw settings as clap reads them from flags and environment variables.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,6 +69,12 @@ pub struct Settings {
     /// Bootstrap API tokens: comma-separated `role:token` pairs (roles operator, auditor).
     #[arg(long, env = "LEDGER_TOKENS", global = true, hide_env_values = true)]
     pub ledger_tokens: Option<String>,
+    /// Base of the backoff between Stripe retries, in milliseconds.
+    #[arg(long, env = "STRIPE_RETRY_BASE_MS", global = true)]
+    pub stripe_retry_base_ms: Option<u64>,
+    /// Per-attempt timeout of Stripe calls, in milliseconds.
+    #[arg(long, env = "STRIPE_TIMEOUT_MS", global = true)]
+    pub stripe_timeout_ms: Option<u64>,
     /// `production` refuses sk_test_ keys.
     #[arg(long, env = "LEDGER_ENV", default_value = "development", global = true)]
     pub ledger_env: String,
@@ -85,6 +94,7 @@ pub struct StripeConfig {
     pub webhook_secrets: Vec<SecretString>,
     pub api_base: Url,
     pub connect_base: Url,
+    pub retry: RetryPolicy,
 }
 
 /// Validated configuration.
@@ -186,11 +196,24 @@ impl Settings {
                 webhook_secrets,
                 api_base: parse_base_url("STRIPE_API_BASE", &self.stripe_api_base)?,
                 connect_base: parse_base_url("STRIPE_CONNECT_BASE", &self.stripe_connect_base)?,
+                retry: retry_policy(self.stripe_retry_base_ms, self.stripe_timeout_ms),
             },
             tokens,
             environment,
         })
     }
+}
+
+fn retry_policy(base_ms: Option<u64>, timeout_ms: Option<u64>) -> RetryPolicy {
+    let mut policy = RetryPolicy::default();
+    if let Some(ms) = base_ms {
+        policy.base = Duration::from_millis(ms);
+        policy.cap = policy.cap.min(Duration::from_millis(ms.saturating_mul(10)));
+    }
+    if let Some(ms) = timeout_ms {
+        policy.request_timeout = Duration::from_millis(ms.max(1));
+    }
+    policy
 }
 
 impl Config {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, CqrsFramework, EventStore};
 use ledger_aggregates::app_connection::AppConnection;
+use ledger_aggregates::charge_ledger::ChargeLedger;
 use ledger_aggregates::EventMetadata;
 use ledger_projections::ProjectionRunner;
 use postgres_es::PostgresEventRepository;
@@ -40,10 +41,16 @@ fn store_error<E: std::error::Error>(error: AggregateError<E>) -> LedgerError<E>
     }
 }
 
+/// Commands on one aggregate are serialized within this process (striped by aggregate id), so
+/// concurrent requests queue instead of burning optimistic-concurrency retries; across processes
+/// the event store's primary key still decides.
+const LOCK_STRIPES: usize = 128;
+
 /// One aggregate type's command side.
 pub struct CommandBus<A: Aggregate> {
     cqrs: CqrsFramework<A, Store<A>>,
     store: Store<A>,
+    locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl<A> CommandBus<A>
@@ -58,7 +65,17 @@ where
         Self {
             cqrs: CqrsFramework::new(store(), Vec::new(), A::Services::default()),
             store: store(),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    fn stripe(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        &self.locks[(hasher.finish() as usize) % LOCK_STRIPES]
     }
 
     /// Executes a command, re-deciding it on fresh state when another writer got there first.
@@ -68,6 +85,7 @@ where
         command: A::Command,
         metadata: &EventMetadata,
     ) -> Result<(), LedgerError<A::Error>> {
+        let _serialized = self.stripe(id).lock().await;
         for attempt in 1..=MAX_ATTEMPTS {
             match self
                 .cqrs
@@ -94,6 +112,7 @@ where
 /// The ledger's command side and the runner that keeps its read models current.
 pub struct Ledger {
     pub apps: CommandBus<AppConnection>,
+    pub charges: CommandBus<ChargeLedger>,
     pub projections: Arc<ProjectionRunner>,
 }
 
@@ -101,6 +120,7 @@ impl Ledger {
     pub fn new(pool: &PgPool, projections: Arc<ProjectionRunner>) -> Self {
         Self {
             apps: CommandBus::new(pool),
+            charges: CommandBus::new(pool),
             projections,
         }
     }

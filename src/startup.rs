@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ledger_projections::apps::AppsProjection;
+use ledger_projections::refunds::RefundsProjection;
 use ledger_projections::{Projection, ProjectionRunner};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
@@ -14,12 +15,16 @@ use crate::config::Config;
 use crate::embedded::EmbeddedPostgres;
 use crate::http::state::Services;
 use crate::ledger::Ledger;
-use crate::stripe::ConnectOAuth;
+use crate::refunds::RefundService;
+use crate::stripe::{ConnectOAuth, StripeApi};
 use crate::{db, http};
 
 /// The projections this build maintains.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(AppsProjection::live())]
+    vec![
+        Arc::new(AppsProjection::live()),
+        Arc::new(RefundsProjection::live()),
+    ]
 }
 
 /// The database the service uses: the configured one, or a private embedded cluster.
@@ -62,6 +67,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     runner: Arc<ProjectionRunner>,
+    refunds: Arc<RefundService>,
     database: Database,
 }
 
@@ -83,9 +89,19 @@ impl Application {
             )),
             _ => None,
         };
+        let stripe = config.stripe.secret_key.as_ref().map(|key| {
+            StripeApi::new(
+                config.stripe.api_base.clone(),
+                key.clone(),
+                config.stripe.retry,
+            )
+        });
+        let ledger = Arc::new(Ledger::new(&pool, Arc::clone(&runner)));
+        let refunds = RefundService::new(pool.clone(), Arc::clone(&ledger), stripe);
         let services = Arc::new(Services {
             pool: pool.clone(),
-            ledger: Ledger::new(&pool, Arc::clone(&runner)),
+            ledger,
+            refunds: Arc::clone(&refunds),
             oauth,
             public_base: config.public_base(bound),
         });
@@ -94,6 +110,7 @@ impl Application {
             listener,
             router,
             runner,
+            refunds,
             database,
         })
     }
@@ -114,6 +131,7 @@ impl Application {
                 let _ = stop.wait_for(|s| *s).await;
             }
         }));
+        let worker = tokio::spawn(Arc::clone(&self.refunds).run_worker(stop_rx.clone()));
         tracing::info!("listening on {}", self.listener.local_addr()?);
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -122,6 +140,7 @@ impl Application {
         let result = serve.await;
         let _ = stop_tx.send(true);
         let _ = projections.await;
+        let _ = worker.await;
         self.database.close().await;
         result.context("serving HTTP")
     }

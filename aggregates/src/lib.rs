@@ -5,6 +5,7 @@
 //! feeds their results back in as commands.
 
 pub mod app_connection;
+pub mod charge_ledger;
 pub mod metadata;
 pub mod secret_token;
 pub mod slug;

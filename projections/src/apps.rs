@@ -68,7 +68,7 @@ impl Projection for AppsProjection {
             } => {
                 sqlx::query(&format!(
                     "UPDATE {table} SET status = 'connected', stripe_account_id = $2, livemode = $3, \
-                     connected_at = $4, last_connect_error = NULL, updated_at = $5 WHERE slug = $1"
+                     connected_at = $4, last_connect_error = NULL, attention_reason = NULL, updated_at = $5 WHERE slug = $1"
                 ))
                 .bind(slug)
                 .bind(stripe_account_id)
@@ -94,6 +94,16 @@ impl Projection for AppsProjection {
                      livemode = NULL, connected_at = NULL, updated_at = $2 WHERE slug = $1"
                 ))
                 .bind(slug)
+                .bind(at)
+                .execute(conn)
+                .await?;
+            }
+            E::AppFlaggedForAttention { reason } => {
+                sqlx::query(&format!(
+                    "UPDATE {table} SET attention_reason = $2, updated_at = $3 WHERE slug = $1"
+                ))
+                .bind(slug)
+                .bind(reason)
                 .bind(at)
                 .execute(conn)
                 .await?;

@@ -6,6 +6,7 @@
 
 pub mod apps;
 pub mod error;
+pub mod refunds;
 pub mod runner;
 pub mod stored_event;
 

@@ -2,7 +2,10 @@
 //! with scripted faults. Used by the tests, the benchmarks and the demo; never by production
 //! code paths.
 
+mod api;
 mod connect;
+
+pub use api::{FakeCharge, FakeRefund};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -28,6 +31,11 @@ pub enum Fault {
     Delay(Duration),
     /// Answer 200 with a body that is not JSON.
     Garbage,
+    /// Answer with this status and `Stripe-Should-Retry`.
+    ShouldRetry(u16, bool),
+    /// `POST /v1/refunds` only: create the refund (and save the answer under its key), then lose
+    /// the response and answer this status instead, like a connection cut after Stripe acted.
+    ExecuteThenFail(u16),
 }
 
 /// One request the fake received.
@@ -58,6 +66,14 @@ pub(crate) struct FakeState {
     pub codes: HashMap<String, (String, bool)>,
     /// Accounts that have authorized the platform.
     pub authorized: HashMap<String, bool>,
+    pub charges: HashMap<String, FakeCharge>,
+    pub refunds: Vec<FakeRefund>,
+    /// Saved answers by (account, Idempotency-Key).
+    pub idempotency: HashMap<(String, String), api::SavedAnswer>,
+    /// Accounts whose owners revoked the platform (`account_invalid`).
+    pub revoked_accounts: std::collections::HashSet<String>,
+    /// The status new refunds get (`succeeded` unless a test says otherwise).
+    pub refund_status: String,
 }
 
 /// A running fake; clone it freely.
@@ -70,9 +86,13 @@ pub struct FakeStripe {
 impl FakeStripe {
     /// Starts the fake on 127.0.0.1 and a free port.
     pub async fn start() -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(FakeState::default()));
+        let state = Arc::new(Mutex::new(FakeState {
+            refund_status: "succeeded".into(),
+            ..FakeState::default()
+        }));
         let router = Router::new()
             .merge(connect::router())
+            .merge(api::router())
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -120,6 +140,76 @@ impl FakeStripe {
             .into_iter()
             .filter(|r| r.path == path)
             .collect()
+    }
+
+    /// Creates a captured charge on a connected account; returns its `ch_…` id.
+    pub fn create_charge(&self, account: &str, amount: i64, currency: &str) -> String {
+        let id = format!("ch_{}", uuid::Uuid::new_v4().simple());
+        self.lock().charges.insert(
+            id.clone(),
+            FakeCharge {
+                account: account.to_owned(),
+                amount,
+                currency: currency.to_owned(),
+                amount_refunded: 0,
+                disputed: false,
+            },
+        );
+        id
+    }
+
+    pub fn charge(&self, id: &str) -> Option<FakeCharge> {
+        self.lock().charges.get(id).cloned()
+    }
+
+    pub fn set_disputed(&self, charge: &str) {
+        if let Some(c) = self.lock().charges.get_mut(charge) {
+            c.disputed = true;
+        }
+    }
+
+    /// A refund made outside the platform (the Stripe Dashboard).
+    pub fn refund_in_dashboard(&self, charge: &str, amount: i64) -> Option<FakeRefund> {
+        let mut state = self.lock();
+        let c = state.charges.get_mut(charge)?;
+        c.amount_refunded += amount;
+        let refund = FakeRefund {
+            id: format!("re_{}", uuid::Uuid::new_v4().simple()),
+            account: c.account.clone(),
+            charge: charge.to_owned(),
+            amount,
+            status: "succeeded".into(),
+            reason: None,
+            metadata: Default::default(),
+            idempotency_key: None,
+        };
+        state.refunds.push(refund.clone());
+        Some(refund)
+    }
+
+    /// The refunds the fake created for a charge.
+    pub fn refunds_of(&self, charge: &str) -> Vec<FakeRefund> {
+        self.lock()
+            .refunds
+            .iter()
+            .filter(|r| r.charge == charge)
+            .cloned()
+            .collect()
+    }
+
+    /// The owner of `account` revoked the platform.
+    pub fn revoke(&self, account: &str) {
+        self.lock().revoked_accounts.insert(account.to_owned());
+    }
+
+    /// Stripe forgets idempotency keys after 24 hours.
+    pub fn forget_idempotency_keys(&self) {
+        self.lock().idempotency.clear();
+    }
+
+    /// The status the next refunds are created with (`succeeded`, `pending`, …).
+    pub fn set_refund_status(&self, status: &str) {
+        self.lock().refund_status = status.to_owned();
     }
 
     pub fn is_authorized(&self, account: &str) -> bool {
@@ -178,6 +268,21 @@ pub(crate) async fn apply_fault(fault: Option<Fault>) -> Option<Response> {
             None
         }
         Fault::Garbage => Some((StatusCode::OK, "<html>not json</html>").into_response()),
+        Fault::ShouldRetry(status, retry) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = (
+                status,
+                Json(json!({"error": {"type": "api_error", "message": "Injected fault."}})),
+            )
+                .into_response();
+            let value = if retry { "true" } else { "false" };
+            response.headers_mut().insert(
+                "stripe-should-retry",
+                axum::http::HeaderValue::from_static(value),
+            );
+            Some(response)
+        }
+        Fault::ExecuteThenFail(_) => None,
     }
 }
 

@@ -8,6 +8,9 @@ use serde_json::json;
 
 use crate::ledger::LedgerError;
 use ledger_aggregates::app_connection::AppConnectionError;
+use ledger_aggregates::charge_ledger::ChargeLedgerError;
+
+use crate::refunds::RefundError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -113,6 +116,56 @@ where
                 "too many concurrent changes to the same record; retry shortly",
             ),
             LedgerError::Store(e) => Self::internal(e),
+        }
+    }
+}
+
+impl From<ChargeLedgerError> for ApiError {
+    fn from(error: ChargeLedgerError) -> Self {
+        use ChargeLedgerError as E;
+        let status = match error {
+            E::ChargeBelongsToAnotherApp | E::IdempotencyKeyReused | E::AlreadyRequested { .. } => {
+                StatusCode::CONFLICT
+            }
+            E::UnknownRefund | E::UnknownCharge => StatusCode::NOT_FOUND,
+            E::ChargeDisputed | E::InvalidAmount | E::ExceedsRefundable { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+        };
+        Self::new(status, error.code(), error.to_string())
+    }
+}
+
+impl From<RefundError> for ApiError {
+    fn from(error: RefundError) -> Self {
+        match error {
+            RefundError::Charge(e) => e.into(),
+            RefundError::App(e) => e.into(),
+            RefundError::AppNotConnected => AppConnectionError::NotConnected.into(),
+            RefundError::AppNotAuthorized => Self::new(
+                StatusCode::CONFLICT,
+                "app_not_authorized",
+                "Stripe no longer lets the platform act on this app's account (access was revoked); the app is flagged for attention and must be reconnected",
+            ),
+            RefundError::ChargeNotFound => Self::invalid(
+                "charge_not_found",
+                "the charge does not exist on the app's Stripe account",
+            ),
+            RefundError::KeyReused => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                "this purchase_id and approval_id were already used for a different refund (another amount, charge or app)",
+            ),
+            RefundError::StripeUnavailable(reason) => {
+                tracing::warn!(%reason, "Stripe unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stripe_unavailable",
+                    "Stripe could not be reached; nothing was recorded, retry later",
+                )
+            }
+            RefundError::StripeNotConfigured => Self::stripe_not_configured("STRIPE_SECRET_KEY"),
+            RefundError::Database(e) => Self::internal(e),
         }
     }
 }

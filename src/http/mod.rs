@@ -7,6 +7,7 @@ pub mod context;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod refunds;
 pub mod state;
 
 use std::sync::Arc;
@@ -29,10 +30,13 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
     let request_id = HeaderName::from_static(context::REQUEST_ID_HEADER);
-    let api = apps::router().route_layer(axum::middleware::from_fn_with_state(
-        tokens,
-        auth::require_token,
-    ));
+    let api =
+        apps::router()
+            .merge(refunds::router())
+            .route_layer(axum::middleware::from_fn_with_state(
+                tokens,
+                auth::require_token,
+            ));
     Router::new()
         .merge(api)
         .merge(connect_callback::router())

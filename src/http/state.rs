@@ -5,12 +5,14 @@ use url::Url;
 
 use crate::http::error::ApiError;
 use crate::ledger::Ledger;
+use crate::refunds::RefundService;
 use crate::stripe::ConnectOAuth;
 
 /// What every handler can reach.
 pub struct Services {
     pub pool: PgPool,
-    pub ledger: Ledger,
+    pub ledger: Arc<Ledger>,
+    pub refunds: Arc<RefundService>,
     /// Absent when STRIPE_SECRET_KEY or STRIPE_CONNECT_CLIENT_ID is not configured.
     pub oauth: Option<ConnectOAuth>,
     /// Base of the OAuth redirect_uri.

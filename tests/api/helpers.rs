@@ -52,6 +52,8 @@ pub fn settings(database_url: &str, stripe: &FakeStripe) -> Settings {
         stripe_api_base: stripe.base_url(),
         stripe_connect_base: stripe.base_url(),
         ledger_tokens: Some(format!("operator:{OPERATOR_TOKEN},auditor:{AUDITOR_TOKEN}")),
+        stripe_retry_base_ms: Some(10),
+        stripe_timeout_ms: Some(1000),
         ledger_env: "development".into(),
     }
 }
@@ -176,6 +178,44 @@ impl TestApp {
             &self.pool,
             ProjectionRunner::new(self.pool.clone(), projections()),
         )
+    }
+
+    /// `POST /v1/refunds` with the usual fields.
+    pub async fn refund(
+        &self,
+        app: &str,
+        charge: &str,
+        approval: &str,
+        amount: Option<i64>,
+    ) -> Response {
+        let mut body = json!({
+            "app": app,
+            "purchase_id": "pur_1",
+            "charge_id": charge,
+            "approval_id": approval,
+            "requested_by": "agent@support.example",
+        });
+        if let Some(amount) = amount {
+            body["amount"] = json!(amount);
+        }
+        self.post("/v1/refunds", body).await
+    }
+
+    /// Polls a refund until `done` holds for it (bounded: 10 s).
+    pub async fn wait_for_refund(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            let refund: Value = self
+                .get(&format!("/v1/refunds/{id}"))
+                .await
+                .json()
+                .await
+                .expect("json");
+            if done(&refund) {
+                return refund;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("refund {id} did not reach the expected state");
     }
 
     pub async fn event_types(&self, slug: &str) -> Vec<String> {

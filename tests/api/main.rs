@@ -6,4 +6,5 @@ mod binary;
 mod connect;
 mod helpers;
 mod http_basics;
+mod refunds;
 mod replay;

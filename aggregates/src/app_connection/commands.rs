@@ -59,4 +59,7 @@ pub enum AppConnectionCommand {
         stripe_account_id: Option<String>,
         initiated_by: DisconnectInitiator,
     },
+    /// Stripe refused us on the connected account (e.g. the owner revoked access): someone must
+    /// look at this app.
+    FlagForAttention { reason: String },
 }

@@ -35,6 +35,9 @@ pub enum AppConnectionEvent {
         stripe_account_id: String,
         initiated_by: DisconnectInitiator,
     },
+    AppFlaggedForAttention {
+        reason: String,
+    },
 }
 
 impl AppConnectionEvent {
@@ -48,6 +51,7 @@ impl AppConnectionEvent {
             Self::AppConnected { .. } => "AppConnected",
             Self::ConnectFailed { .. } => "ConnectFailed",
             Self::AppDisconnected { .. } => "AppDisconnected",
+            Self::AppFlaggedForAttention { .. } => "AppFlaggedForAttention",
         }
     }
 }

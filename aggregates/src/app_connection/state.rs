@@ -36,6 +36,7 @@ pub struct AppSnapshot {
     pub stripe_account_id: Option<String>,
     pub livemode: Option<bool>,
     pub connected_at: Option<DateTime<Utc>>,
+    pub attention: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,6 +60,8 @@ pub struct AppConnection {
     pending_states: Vec<PendingState>,
     /// A state was consumed and its code is being exchanged.
     exchange_in_progress: bool,
+    /// Why the app needs someone's attention, until it is connected again.
+    attention: Option<String>,
 }
 
 impl AppConnection {
@@ -77,6 +80,7 @@ impl AppConnection {
             stripe_account_id: connection.map(|c| c.stripe_account_id.clone()),
             livemode: connection.map(|c| c.livemode),
             connected_at: connection.map(|c| c.connected_at),
+            attention: self.attention.clone(),
         })
     }
 
@@ -214,6 +218,13 @@ impl Aggregate for AppConnection {
                     initiated_by,
                 }
             }
+            C::FlagForAttention { reason } => {
+                self.require_registered()?;
+                if self.attention.as_deref() == Some(reason.as_str()) {
+                    return Ok(());
+                }
+                E::AppFlaggedForAttention { reason }
+            }
         };
         sink.write(event, self).await;
         Ok(())
@@ -251,9 +262,11 @@ impl Aggregate for AppConnection {
                 // Connected: every other outstanding state is void.
                 self.pending_states.clear();
                 self.exchange_in_progress = false;
+                self.attention = None;
             }
             E::ConnectFailed { .. } => self.exchange_in_progress = false,
             E::AppDisconnected { .. } => self.connection = None,
+            E::AppFlaggedForAttention { reason } => self.attention = Some(reason),
         }
     }
 }

@@ -1,0 +1,192 @@
+//! Accepting a refund: the key names the refund once, the intent is recorded, then it is driven.
+
+use ledger_aggregates::app_connection::AppConnectionError;
+use ledger_aggregates::charge_ledger::{
+    idempotency_key, ChargeFacts, ChargeLedgerCommand, ChargeLedgerError, NewRefund, RefundReason,
+    RefundRecord, RefundStatus,
+};
+use ledger_aggregates::EventMetadata;
+
+use super::{RefundError, RefundService};
+use crate::ledger::LedgerError;
+
+/// A validated refund request.
+#[derive(Debug, Clone)]
+pub struct RefundRequest {
+    pub app: String,
+    pub purchase_id: String,
+    pub charge_id: String,
+    pub approval_id: String,
+    pub amount: Option<i64>,
+    pub reason: RefundReason,
+    pub requested_by: String,
+}
+
+/// A refund the ledger holds after a request: new, or the one this key already named.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub refund: RefundRecord,
+    pub created: bool,
+}
+
+impl RefundService {
+    pub async fn accept(
+        &self,
+        request: RefundRequest,
+        meta: &EventMetadata,
+    ) -> Result<Accepted, RefundError> {
+        let key = idempotency_key(&request.purchase_id, &request.approval_id);
+        let (mut refund_id, claimed_before) = self.claim_key(&key, &request).await?;
+        if claimed_before {
+            if let Some(existing) = self.load(&request.charge_id, &refund_id).await? {
+                return self.replay(&request.charge_id, existing, meta).await;
+            }
+        }
+        let mut created = true;
+        match self.record_intent(&request, &key, &refund_id, meta).await {
+            Ok(()) => {}
+            Err(RefundError::Charge(LedgerError::Domain(
+                ChargeLedgerError::AlreadyRequested {
+                    refund_id: existing,
+                },
+            ))) => {
+                refund_id = existing;
+                created = false;
+            }
+            Err(error) => {
+                self.release_key(&key, &refund_id).await;
+                return Err(error);
+            }
+        }
+        let refund = match self.drive(&request.charge_id, &refund_id, meta).await? {
+            Some(refund) => refund,
+            None => {
+                return Err(RefundError::Charge(LedgerError::Domain(
+                    ChargeLedgerError::UnknownRefund,
+                )))
+            }
+        };
+        Ok(Accepted { refund, created })
+    }
+
+    async fn replay(
+        &self,
+        charge_id: &str,
+        existing: RefundRecord,
+        meta: &EventMetadata,
+    ) -> Result<Accepted, RefundError> {
+        let refund = if existing.status == RefundStatus::Requested {
+            self.drive(charge_id, &existing.refund_id, meta)
+                .await?
+                .unwrap_or(existing)
+        } else {
+            existing
+        };
+        Ok(Accepted {
+            refund,
+            created: false,
+        })
+    }
+
+    /// The first request with a key names the refund; later ones must ask for the same thing.
+    async fn claim_key(
+        &self,
+        key: &str,
+        request: &RefundRequest,
+    ) -> Result<(String, bool), RefundError> {
+        let fresh = format!("rf_{}", uuid::Uuid::new_v4().simple());
+        let inserted = sqlx::query(
+            "INSERT INTO refund_keys (idempotency_key, app, charge_id, requested_amount, refund_id) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(&request.app)
+        .bind(&request.charge_id)
+        .bind(request.amount)
+        .bind(&fresh)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok((fresh, false));
+        }
+        let (app, charge_id, amount, refund_id): (String, String, Option<i64>, String) = sqlx::query_as(
+            "SELECT app, charge_id, requested_amount, refund_id FROM refund_keys WHERE idempotency_key = $1",
+        )
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?;
+        if app != request.app || charge_id != request.charge_id || amount != request.amount {
+            return Err(RefundError::KeyReused);
+        }
+        Ok((refund_id, true))
+    }
+
+    /// Frees a key whose request recorded nothing, so a corrected request may use it.
+    async fn release_key(&self, key: &str, refund_id: &str) {
+        let result =
+            sqlx::query("DELETE FROM refund_keys WHERE idempotency_key = $1 AND refund_id = $2")
+                .bind(key)
+                .bind(refund_id)
+                .execute(&self.pool)
+                .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not release an unused refund key");
+        }
+    }
+
+    /// Reads the charge at Stripe and records the refund intent against it.
+    async fn record_intent(
+        &self,
+        request: &RefundRequest,
+        key: &str,
+        refund_id: &str,
+        meta: &EventMetadata,
+    ) -> Result<(), RefundError> {
+        let app = self
+            .ledger
+            .apps
+            .load(&request.app)
+            .await?
+            .snapshot()
+            .ok_or(LedgerError::Domain(AppConnectionError::AppNotFound))?;
+        let account = app.stripe_account_id.ok_or(RefundError::AppNotConnected)?;
+        let charge = match self
+            .stripe()?
+            .retrieve_charge(&account, &request.charge_id)
+            .await
+        {
+            Ok(charge) => charge,
+            Err(error) if error.is_permission_error() => {
+                self.flag_app(&request.app, meta).await;
+                return Err(RefundError::AppNotAuthorized);
+            }
+            Err(error) if error.is_not_found() => return Err(RefundError::ChargeNotFound),
+            Err(error) => return Err(RefundError::StripeUnavailable(error.to_string())),
+        };
+        let command = ChargeLedgerCommand::RequestRefund {
+            charge: ChargeFacts {
+                app: request.app.clone(),
+                stripe_account_id: account,
+                amount: charge.captured(),
+                currency: charge.currency.to_lowercase(),
+                amount_refunded: charge.amount_refunded,
+                disputed: charge.disputed,
+            },
+            refund: NewRefund {
+                refund_id: refund_id.to_owned(),
+                idempotency_key: key.to_owned(),
+                purchase_id: request.purchase_id.clone(),
+                approval_id: request.approval_id.clone(),
+                amount: request.amount,
+                reason: request.reason,
+                requested_by: request.requested_by.clone(),
+            },
+        };
+        self.ledger
+            .charges
+            .execute(&request.charge_id, command, meta)
+            .await?;
+        Ok(())
+    }
+}
