@@ -4,7 +4,9 @@
 mod apps;
 mod binary;
 mod connect;
+mod crash;
 mod helpers;
 mod http_basics;
 mod refunds;
 mod replay;
+mod third_party;

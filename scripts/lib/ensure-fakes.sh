@@ -1,0 +1,16 @@
+# Sourced by scripts/test: the third-party Stripe fakes the end-to-end tests start on 127.0.0.1.
+ensure_fakes() {
+  local dir=tests/fakes
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "== installing Node.js (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  if [ ! -d "$dir/node_modules/stripe-stateful-mock" ]; then
+    echo "== installing stripe-stateful-mock (npm)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  if ! python3 -c "import localstripe" >/dev/null 2>&1; then
+    echo "== installing localstripe (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check "localstripe==1.15.10"
+  fi
+}
