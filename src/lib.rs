@@ -13,3 +13,4 @@ pub mod refunds;
 pub mod startup;
 pub mod stripe;
 pub mod telemetry;
+pub mod webhooks;

@@ -17,6 +17,7 @@ use crate::http::state::Services;
 use crate::ledger::Ledger;
 use crate::refunds::RefundService;
 use crate::stripe::{ConnectOAuth, StripeApi};
+use crate::webhooks::WebhookProcessor;
 use crate::{db, http};
 
 /// The projections this build maintains.
@@ -68,6 +69,7 @@ pub struct Application {
     router: axum::Router,
     runner: Arc<ProjectionRunner>,
     refunds: Arc<RefundService>,
+    webhooks: Arc<WebhookProcessor>,
     database: Database,
 }
 
@@ -97,13 +99,22 @@ impl Application {
             )
         });
         let ledger = Arc::new(Ledger::new(&pool, Arc::clone(&runner)));
-        let refunds = RefundService::new(pool.clone(), Arc::clone(&ledger), stripe);
+        let refunds = RefundService::new(pool.clone(), Arc::clone(&ledger), stripe.clone());
+        let webhooks = WebhookProcessor::new(
+            pool.clone(),
+            Arc::clone(&ledger),
+            stripe.clone(),
+            config.stripe.retry,
+        );
         let services = Arc::new(Services {
             pool: pool.clone(),
             ledger,
             refunds: Arc::clone(&refunds),
             oauth,
             public_base: config.public_base(bound),
+            stripe,
+            webhook_secrets: config.stripe.webhook_secrets.clone(),
+            webhooks: Arc::clone(&webhooks),
         });
         let router = http::router(services, Arc::new(config.tokens.clone()));
         Ok(Self {
@@ -111,6 +122,7 @@ impl Application {
             router,
             runner,
             refunds,
+            webhooks,
             database,
         })
     }
@@ -132,6 +144,7 @@ impl Application {
             }
         }));
         let worker = tokio::spawn(Arc::clone(&self.refunds).run_worker(stop_rx.clone()));
+        let inbox = tokio::spawn(Arc::clone(&self.webhooks).run(stop_rx.clone()));
         tracing::info!("listening on {}", self.listener.local_addr()?);
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -141,6 +154,7 @@ impl Application {
         let _ = stop_tx.send(true);
         let _ = projections.await;
         let _ = worker.await;
+        let _ = inbox.await;
         self.database.close().await;
         result.context("serving HTTP")
     }

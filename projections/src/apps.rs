@@ -68,7 +68,8 @@ impl Projection for AppsProjection {
             } => {
                 sqlx::query(&format!(
                     "UPDATE {table} SET status = 'connected', stripe_account_id = $2, livemode = $3, \
-                     connected_at = $4, last_connect_error = NULL, attention_reason = NULL, updated_at = $5 WHERE slug = $1"
+                     connected_at = $4, last_connect_error = NULL, attention_reason = NULL, \
+                     last_stripe_account_id = $2, updated_at = $5 WHERE slug = $1"
                 ))
                 .bind(slug)
                 .bind(stripe_account_id)
@@ -138,4 +139,19 @@ pub async fn find_app(pool: &sqlx::PgPool, slug: &str) -> Result<Option<AppRow>,
         .bind(slug)
         .fetch_optional(pool)
         .await
+}
+
+/// The app that is, or was last, connected to a Stripe account.
+pub async fn app_for_account(
+    pool: &sqlx::PgPool,
+    account: &str,
+) -> Result<Option<AppRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {APP_COLUMNS} FROM apps WHERE stripe_account_id = $1 \
+         UNION ALL SELECT {APP_COLUMNS} FROM apps WHERE stripe_account_id IS NULL AND last_stripe_account_id = $1 \
+         LIMIT 1"
+    ))
+    .bind(account)
+    .fetch_optional(pool)
+    .await
 }

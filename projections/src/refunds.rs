@@ -13,6 +13,7 @@ pub struct RefundsProjection {
     name: String,
     refunds: String,
     charges: String,
+    external: String,
 }
 
 impl RefundsProjection {
@@ -28,20 +29,25 @@ impl RefundsProjection {
             name: name.to_owned(),
             refunds: format!("{prefix}refunds"),
             charges: format!("{prefix}charges"),
+            external: format!("{prefix}external_refunds"),
         }
     }
 
     /// Re-derives the charge's sums from its refunds.
     async fn recompute(&self, conn: &mut PgConnection, charge_id: &str) -> Result<(), sqlx::Error> {
-        let (refunds, charges) = (&self.refunds, &self.charges);
+        let (refunds, charges, external) = (&self.refunds, &self.charges, &self.external);
         sqlx::query(&format!(
             "UPDATE {charges} c SET \
-               refunded = s.refunded, pending = s.pending, unanswered = s.unanswered \
+               refunded = s.refunded + e.refunded, pending = s.pending + e.pending, unanswered = s.unanswered \
              FROM (SELECT \
                COALESCE(SUM(amount) FILTER (WHERE status = 'succeeded'), 0) AS refunded, \
                COALESCE(SUM(amount) FILTER (WHERE status IN ('requested', 'pending', 'requires_action')), 0) AS pending, \
                COALESCE(SUM(amount) FILTER (WHERE status = 'requested'), 0) AS unanswered \
-               FROM {refunds} WHERE charge_id = $1) s \
+               FROM {refunds} WHERE charge_id = $1) s, \
+             (SELECT \
+               COALESCE(SUM(amount) FILTER (WHERE status = 'succeeded'), 0) AS refunded, \
+               COALESCE(SUM(amount) FILTER (WHERE status IN ('requested', 'pending', 'requires_action')), 0) AS pending \
+               FROM {external} WHERE charge_id = $1) e \
              WHERE c.charge_id = $1"
         ))
         .bind(charge_id)
@@ -67,7 +73,7 @@ impl Projection for RefundsProjection {
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         use ChargeLedgerEvent as E;
-        let (refunds, charges) = (&self.refunds, &self.charges);
+        let (refunds, charges, external) = (&self.refunds, &self.charges, &self.external);
         let charge_id = event.aggregate_id.as_str();
         let at = event.recorded_at;
         let decoded = event.decode::<ChargeLedgerEvent>()?;
@@ -89,7 +95,6 @@ impl Projection for RefundsProjection {
                 .bind(at)
                 .execute(&mut *conn)
                 .await?;
-                return Ok(());
             }
             E::RefundRequested {
                 refund_id,
@@ -144,6 +149,27 @@ impl Projection for RefundsProjection {
                 .bind(refund_id)
                 .bind(status.as_str())
                 .bind(stripe_refund_id)
+                .bind(failure_reason)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            E::ExternalRefundObserved {
+                stripe_refund_id,
+                amount,
+                status,
+                failure_reason,
+            } => {
+                sqlx::query(&format!(
+                    "INSERT INTO {external} (stripe_refund_id, charge_id, amount, status, failure_reason, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stripe_refund_id) DO UPDATE SET \
+                       amount = EXCLUDED.amount, status = EXCLUDED.status, failure_reason = EXCLUDED.failure_reason, \
+                       updated_at = EXCLUDED.updated_at"
+                ))
+                .bind(stripe_refund_id)
+                .bind(charge_id)
+                .bind(amount)
+                .bind(status.as_str())
                 .bind(failure_reason)
                 .bind(at)
                 .execute(&mut *conn)

@@ -18,6 +18,33 @@ pub(super) fn router() -> Router<Shared> {
     Router::new()
         .route("/v1/charges/{id}", get(retrieve_charge))
         .route("/v1/refunds", post(create_refund).get(list_refunds))
+        .route("/v1/events", get(list_events))
+}
+
+/// Builds an event the way Stripe would send it, and keeps it for `GET /v1/events`.
+pub(super) fn push_event(
+    state: &mut FakeState,
+    kind: &str,
+    account: Option<&str>,
+    object: Value,
+) -> Value {
+    state.clock += 1;
+    let mut event = json!({
+        "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
+        "object": "event",
+        "api_version": "2026-09-30.endive",
+        "created": state.clock,
+        "data": {"object": object},
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "type": kind,
+    });
+    if let Some(account) = account {
+        event["account"] = json!(account);
+    }
+    state.events.push(event.clone());
+    event
 }
 
 /// A charge on a connected account.
@@ -68,7 +95,7 @@ pub(super) fn stripe_error(
     (status, Json(json!({"error": error}))).into_response()
 }
 
-fn charge_json(id: &str, charge: &FakeCharge) -> Value {
+pub(super) fn charge_json(id: &str, charge: &FakeCharge) -> Value {
     json!({
         "id": id,
         "object": "charge",
@@ -344,6 +371,7 @@ fn execute_refund(
     };
     let body = refund_json(&refund);
     state.refunds.push(refund);
+    push_event(state, "refund.created", Some(account), body.clone());
     (StatusCode::OK, body)
 }
 
@@ -392,5 +420,61 @@ async fn list_refunds(
     let has_more = matching.len() > limit;
     let data: Vec<Value> = matching.into_iter().take(limit).map(refund_json).collect();
     Json(json!({"object": "list", "data": data, "has_more": has_more, "url": "/v1/refunds"}))
+        .into_response()
+}
+
+async fn list_events(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let fault = record(
+        &state,
+        "events.list",
+        "GET",
+        "/v1/events",
+        &headers,
+        Vec::new(),
+    );
+    if let Some(response) = apply_fault(fault).await {
+        return response;
+    }
+    if let Some(response) = check_key(&headers) {
+        return response;
+    }
+    let account = headers
+        .get("stripe-account")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bound = |name: &str| query.get(name).and_then(|v| v.parse::<i64>().ok());
+    let (gte, lte) = (bound("created[gte]"), bound("created[lte]"));
+    let state = state.lock().unwrap_or_else(|p| p.into_inner());
+    // Stripe lists newest first.
+    let mut matching: Vec<&Value> = state
+        .events
+        .iter()
+        .rev()
+        .filter(|e| e.get("account").and_then(Value::as_str) == account.as_deref())
+        .filter(|e| {
+            let created = e["created"].as_i64().unwrap_or_default();
+            gte.is_none_or(|g| created >= g) && lte.is_none_or(|l| created <= l)
+        })
+        .collect();
+    if let Some(after) = query.get("starting_after") {
+        if let Some(index) = matching
+            .iter()
+            .position(|e| e["id"].as_str() == Some(after.as_str()))
+        {
+            matching = matching.split_off(index + 1);
+        }
+    }
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(10usize)
+        .clamp(1, 100);
+    let has_more = matching.len() > limit;
+    let data: Vec<Value> = matching.into_iter().take(limit).cloned().collect();
+    Json(json!({"object": "list", "data": data, "has_more": has_more, "url": "/v1/events"}))
         .into_response()
 }

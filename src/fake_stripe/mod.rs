@@ -74,6 +74,10 @@ pub(crate) struct FakeState {
     pub revoked_accounts: std::collections::HashSet<String>,
     /// The status new refunds get (`succeeded` unless a test says otherwise).
     pub refund_status: String,
+    /// Events, oldest first, for `GET /v1/events`.
+    pub events: Vec<serde_json::Value>,
+    /// The fake's clock for `created` (unix seconds), starting now.
+    pub clock: i64,
 }
 
 /// A running fake; clone it freely.
@@ -88,6 +92,7 @@ impl FakeStripe {
     pub async fn start() -> std::io::Result<Self> {
         let state = Arc::new(Mutex::new(FakeState {
             refund_status: "succeeded".into(),
+            clock: chrono::Utc::now().timestamp(),
             ..FakeState::default()
         }));
         let router = Router::new()
@@ -184,7 +189,52 @@ impl FakeStripe {
             idempotency_key: None,
         };
         state.refunds.push(refund.clone());
+        let object = api::refund_json(&refund);
+        let account = refund.account.clone();
+        api::push_event(&mut state, "refund.created", Some(&account), object);
         Some(refund)
+    }
+
+    /// Drops every fault still queued.
+    pub fn forget_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Every charge, by id.
+    pub fn charges(&self) -> Vec<(String, FakeCharge)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .charges
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Holds a charge under a given id (to replay one fake's world in another).
+    pub fn adopt_charge(&self, id: &str, charge: FakeCharge) {
+        self.lock().charges.insert(id.to_owned(), charge);
+    }
+
+    /// Every event the fake has produced, oldest first.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.lock().events.clone()
+    }
+
+    /// Records an event of the fake's own making (e.g. `account.application.deauthorized`).
+    pub fn push_event(
+        &self,
+        kind: &str,
+        account: Option<&str>,
+        object: serde_json::Value,
+    ) -> serde_json::Value {
+        api::push_event(&mut self.lock(), kind, account, object)
+    }
+
+    /// A charge object as Stripe would show it.
+    pub fn charge_object(&self, id: &str) -> Option<serde_json::Value> {
+        self.lock().charges.get(id).map(|c| api::charge_json(id, c))
     }
 
     /// The refunds the fake created for a charge.

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod refunds;
 pub mod state;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,16 +31,17 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
     let request_id = HeaderName::from_static(context::REQUEST_ID_HEADER);
-    let api =
-        apps::router()
-            .merge(refunds::router())
-            .route_layer(axum::middleware::from_fn_with_state(
-                tokens,
-                auth::require_token,
-            ));
+    let api = apps::router()
+        .merge(refunds::router())
+        .merge(webhooks::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::require_token,
+        ));
     Router::new()
         .merge(api)
         .merge(connect_callback::router())
+        .merge(webhooks::delivery_router())
         .merge(health::router())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

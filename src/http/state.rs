@@ -6,7 +6,10 @@ use url::Url;
 use crate::http::error::ApiError;
 use crate::ledger::Ledger;
 use crate::refunds::RefundService;
-use crate::stripe::ConnectOAuth;
+use secrecy::SecretString;
+
+use crate::stripe::{ConnectOAuth, StripeApi};
+use crate::webhooks::WebhookProcessor;
 
 /// What every handler can reach.
 pub struct Services {
@@ -17,6 +20,9 @@ pub struct Services {
     pub oauth: Option<ConnectOAuth>,
     /// Base of the OAuth redirect_uri.
     pub public_base: Url,
+    pub stripe: Option<StripeApi>,
+    pub webhook_secrets: Vec<SecretString>,
+    pub webhooks: Arc<WebhookProcessor>,
 }
 
 pub type AppState = Arc<Services>;

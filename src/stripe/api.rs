@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use stripe_client_core::{RequestBuilder, StripeMethod, StripeRequest};
 use stripe_core::charge::RetrieveCharge;
+use stripe_core::event::ListEvent;
 use stripe_core::refund::{CreateRefund, CreateRefundReason, ListRefund};
+use stripe_types::{RangeBoundsTs, RangeQueryTs};
 use url::Url;
 
 use super::retry::RetryPolicy;
@@ -190,7 +192,7 @@ impl StripeApi {
         charge: &str,
     ) -> Result<Charge, StripeCallError> {
         let request = RetrieveCharge::new(charge).build();
-        self.with_retries("charges.retrieve", account, None, || {
+        self.with_retries("charges.retrieve", Some(account), None, || {
             request_clone(&request)
         })
         .await
@@ -214,9 +216,12 @@ impl StripeApi {
             .reason(reason)
             .metadata(params.metadata.clone())
             .build();
-        self.with_retries("refunds.create", account, Some(idempotency_key), || {
-            request_clone(&request)
-        })
+        self.with_retries(
+            "refunds.create",
+            Some(account),
+            Some(idempotency_key),
+            || request_clone(&request),
+        )
         .await
     }
 
@@ -234,7 +239,9 @@ impl StripeApi {
             }
             let request = list.build();
             let page: ListPage<Refund> = self
-                .with_retries("refunds.list", account, None, || request_clone(&request))
+                .with_retries("refunds.list", Some(account), None, || {
+                    request_clone(&request)
+                })
                 .await?;
             let more = page.has_more && !page.data.is_empty();
             all.extend(page.data);
@@ -244,10 +251,36 @@ impl StripeApi {
         }
     }
 
+    /// One page of `GET /v1/events` created in `[since, until]`, on a connected account or (with
+    /// `None`) on the platform. Events are returned raw: they are stored as Stripe sent them.
+    pub async fn list_events(
+        &self,
+        account: Option<&str>,
+        since: i64,
+        until: i64,
+        starting_after: Option<&str>,
+    ) -> Result<(Vec<serde_json::Value>, bool), StripeCallError> {
+        let mut list = ListEvent::new()
+            .limit(100)
+            .created(RangeQueryTs::Bounds(RangeBoundsTs {
+                gte: Some(since),
+                lte: Some(until),
+                ..RangeBoundsTs::default()
+            }));
+        if let Some(after) = starting_after {
+            list = list.starting_after(after.to_owned());
+        }
+        let request = list.build();
+        let page: ListPage<serde_json::Value> = self
+            .with_retries("events.list", account, None, || request_clone(&request))
+            .await?;
+        Ok((page.data, page.has_more))
+    }
+
     async fn with_retries<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
-        account: &str,
+        account: Option<&str>,
         idempotency_key: Option<&str>,
         request: impl Fn() -> RequestBuilder,
     ) -> Result<T, StripeCallError> {
@@ -273,7 +306,7 @@ impl StripeApi {
         &self,
         endpoint: &'static str,
         request: RequestBuilder,
-        account: &str,
+        account: Option<&str>,
         idempotency_key: Option<&str>,
     ) -> Result<T, StripeCallError> {
         let mut url = self.base.clone();
@@ -289,8 +322,10 @@ impl StripeApi {
             .http
             .request(method, url)
             .bearer_auth(self.secret_key.expose_secret())
-            .header("Stripe-Version", stripe_client_core::VERSION.as_str())
-            .header("Stripe-Account", account);
+            .header("Stripe-Version", stripe_client_core::VERSION.as_str());
+        if let Some(account) = account {
+            builder = builder.header("Stripe-Account", account);
+        }
         if let Some(key) = idempotency_key {
             builder = builder.header("Idempotency-Key", key);
         }

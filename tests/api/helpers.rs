@@ -218,6 +218,27 @@ impl TestApp {
         panic!("refund {id} did not reach the expected state");
     }
 
+    /// Waits until every projection has applied the latest event of the types it reads.
+    pub async fn projections_settled(&self) {
+        for _ in 0..500 {
+            let behind: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM projection_checkpoints c \
+                 JOIN LATERAL (SELECT transaction_id, global_position FROM events \
+                   WHERE aggregate_type = CASE c.name WHEN 'apps' THEN 'AppConnection' ELSE 'ChargeLedger' END \
+                   ORDER BY transaction_id DESC, global_position DESC LIMIT 1) e ON true \
+                 WHERE (c.last_transaction_id, c.last_position) < (e.transaction_id, e.global_position)",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .expect("checkpoints");
+            if behind == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("projections did not catch up");
+    }
+
     pub async fn event_types(&self, slug: &str) -> Vec<String> {
         sqlx::query_scalar(
             "SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence",

@@ -10,3 +10,4 @@ mod http_basics;
 mod refunds;
 mod replay;
 mod third_party;
+mod webhooks;

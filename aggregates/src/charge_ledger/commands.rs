@@ -35,6 +35,18 @@ pub struct StripeRefundAnswer {
     pub failure_reason: Option<String>,
 }
 
+/// What Stripe says about one refund of the charge (from a webhook or a list): ours when it
+/// carries our refund id in its metadata or its `re_…` is one we recorded, otherwise one made
+/// outside the platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeRefundFacts {
+    pub stripe_refund_id: String,
+    pub amount: i64,
+    pub status: RefundStatus,
+    pub failure_reason: Option<String>,
+    pub ledger_refund_id: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeLedgerCommand {
     /// Accept a refund (the intent is recorded before Stripe is called).
@@ -42,8 +54,11 @@ pub enum ChargeLedgerCommand {
         charge: ChargeFacts,
         refund: NewRefund,
     },
-    /// Record what Stripe currently says about the charge.
+    /// Record what Stripe said about the charge in a webhook. Webhooks arrive out of order, so
+    /// `amount_refunded` only ever grows here; a live read at refund time sets it exactly.
     ObserveCharge { charge: ChargeFacts },
+    /// Reconcile Stripe's word on one refund of this charge.
+    ReconcileStripeRefund { refund: StripeRefundFacts },
     /// We are about to send the refund to Stripe (again).
     MarkSubmitted { refund_id: String },
     /// Stripe created (or reports on) the refund.

@@ -36,6 +36,13 @@ pub enum ChargeLedgerEvent {
         code: String,
         message: String,
     },
+    /// A refund made outside the platform (Dashboard, another tool), or news of its status.
+    ExternalRefundObserved {
+        stripe_refund_id: String,
+        amount: i64,
+        status: RefundStatus,
+        failure_reason: Option<String>,
+    },
 }
 
 impl ChargeLedgerEvent {
@@ -48,13 +55,14 @@ impl ChargeLedgerEvent {
             Self::RefundSubmitted { .. } => "RefundSubmitted",
             Self::RefundStatusChanged { .. } => "RefundStatusChanged",
             Self::RefundRejected { .. } => "RefundRejected",
+            Self::ExternalRefundObserved { .. } => "ExternalRefundObserved",
         }
     }
 
     /// The refund an event is about, if any.
     pub fn refund_id(&self) -> Option<&str> {
         match self {
-            Self::ChargeObserved { .. } => None,
+            Self::ChargeObserved { .. } | Self::ExternalRefundObserved { .. } => None,
             Self::RefundRequested { refund_id, .. }
             | Self::RefundSubmitted { refund_id, .. }
             | Self::RefundStatusChanged { refund_id, .. }

@@ -13,11 +13,13 @@ mod refund_status;
 mod state;
 
 pub use balance::Balance;
-pub use commands::{ChargeFacts, ChargeLedgerCommand, NewRefund, StripeRefundAnswer};
+pub use commands::{
+    ChargeFacts, ChargeLedgerCommand, NewRefund, StripeRefundAnswer, StripeRefundFacts,
+};
 pub use errors::ChargeLedgerError;
 pub use events::ChargeLedgerEvent;
 pub use refund_status::{RefundReason, RefundStatus};
-pub use state::{ChargeLedger, RefundRecord, CHARGE_ALREADY_REFUNDED};
+pub use state::{ChargeLedger, ExternalRefund, RefundRecord, CHARGE_ALREADY_REFUNDED};
 
 /// The aggregate type under which charge ledger events are stored.
 pub const CHARGE_LEDGER: &str = "ChargeLedger";

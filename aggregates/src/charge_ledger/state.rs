@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Balance, ChargeFacts, ChargeLedgerCommand, ChargeLedgerError, ChargeLedgerEvent, NewRefund,
-    RefundReason, RefundStatus, StripeRefundAnswer,
+    RefundReason, RefundStatus, StripeRefundAnswer, StripeRefundFacts,
 };
 
 /// Stripe's failure code for a charge that has nothing left to refund.
@@ -28,10 +28,20 @@ pub struct RefundRecord {
     pub attempts: u32,
 }
 
+/// A refund of the charge made outside the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalRefund {
+    pub stripe_refund_id: String,
+    pub amount: i64,
+    pub status: RefundStatus,
+    pub failure_reason: Option<String>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ChargeLedger {
     charge: Option<ChargeFacts>,
     refunds: Vec<RefundRecord>,
+    external: Vec<ExternalRefund>,
 }
 
 impl ChargeLedger {
@@ -41,6 +51,10 @@ impl ChargeLedger {
 
     pub fn refunds(&self) -> &[RefundRecord] {
         &self.refunds
+    }
+
+    pub fn external_refunds(&self) -> &[ExternalRefund] {
+        &self.external
     }
 
     pub fn refund(&self, refund_id: &str) -> Option<&RefundRecord> {
@@ -65,6 +79,13 @@ impl ChargeLedger {
             }
             if refund.status == RefundStatus::Requested {
                 balance.unanswered += refund.amount;
+            }
+        }
+        for refund in &self.external {
+            match refund.status {
+                RefundStatus::Succeeded => balance.refunded += refund.amount,
+                s if s.in_flight() => balance.pending += refund.amount,
+                _ => {}
             }
         }
         balance
@@ -183,6 +204,61 @@ impl ChargeLedger {
     }
 }
 
+impl ChargeLedger {
+    /// Webhook news about the charge: never lowers what Stripe said was refunded.
+    fn webhook_observation(
+        &self,
+        mut charge: ChargeFacts,
+    ) -> Result<Option<ChargeLedgerEvent>, ChargeLedgerError> {
+        if let Some(known) = &self.charge {
+            charge.amount_refunded = charge.amount_refunded.max(known.amount_refunded);
+        }
+        self.observation(&charge)
+    }
+
+    fn reconcile(
+        &self,
+        facts: StripeRefundFacts,
+    ) -> Result<Option<ChargeLedgerEvent>, ChargeLedgerError> {
+        if self.charge.is_none() {
+            return Err(ChargeLedgerError::UnknownCharge);
+        }
+        let ours = facts
+            .ledger_refund_id
+            .as_deref()
+            .and_then(|id| self.refund(id))
+            .or_else(|| {
+                self.refunds.iter().find(|r| {
+                    r.stripe_refund_id.as_deref() == Some(facts.stripe_refund_id.as_str())
+                })
+            });
+        if let Some(ours) = ours {
+            let refund_id = ours.refund_id.clone();
+            return self.answer(
+                &refund_id,
+                StripeRefundAnswer {
+                    stripe_refund_id: facts.stripe_refund_id,
+                    status: facts.status,
+                    failure_reason: facts.failure_reason,
+                },
+            );
+        }
+        let known = self
+            .external
+            .iter()
+            .find(|r| r.stripe_refund_id == facts.stripe_refund_id);
+        if known.is_some_and(|k| !k.status.may_become(facts.status)) {
+            return Ok(None);
+        }
+        Ok(Some(ChargeLedgerEvent::ExternalRefundObserved {
+            stripe_refund_id: facts.stripe_refund_id,
+            amount: facts.amount,
+            status: facts.status,
+            failure_reason: facts.failure_reason,
+        }))
+    }
+}
+
 fn requested(refund: NewRefund, amount: i64, currency: &str) -> ChargeLedgerEvent {
     ChargeLedgerEvent::RefundRequested {
         refund_id: refund.refund_id,
@@ -214,7 +290,8 @@ impl Aggregate for ChargeLedger {
         use ChargeLedgerEvent as E;
         let event = match command {
             C::RequestRefund { charge, refund } => return self.request(charge, refund, sink).await,
-            C::ObserveCharge { charge } => self.observation(&charge)?,
+            C::ObserveCharge { charge } => self.webhook_observation(charge)?,
+            C::ReconcileStripeRefund { refund } => self.reconcile(refund)?,
             C::MarkSubmitted { refund_id } => {
                 let refund = self.require_refund(&refund_id)?;
                 (refund.status == RefundStatus::Requested).then(|| E::RefundSubmitted {
@@ -316,6 +393,27 @@ impl Aggregate for ChargeLedger {
                 if let Some(refund) = self.refund_mut(&refund_id) {
                     refund.status = RefundStatus::Failed;
                     refund.failure_reason = Some(code);
+                }
+            }
+            E::ExternalRefundObserved {
+                stripe_refund_id,
+                amount,
+                status,
+                failure_reason,
+            } => {
+                let update = ExternalRefund {
+                    stripe_refund_id,
+                    amount,
+                    status,
+                    failure_reason,
+                };
+                match self
+                    .external
+                    .iter_mut()
+                    .find(|r| r.stripe_refund_id == update.stripe_refund_id)
+                {
+                    Some(known) => *known = update,
+                    None => self.external.push(update),
                 }
             }
         }

@@ -1,0 +1,171 @@
+//! `POST /api/stripe/webhooks` (Stripe's delivery) and the operators' inbox endpoints.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::extract::{Json, Query};
+use super::state::AppState;
+use crate::webhooks::backfill;
+use crate::webhooks::envelope::EventEnvelope;
+use crate::webhooks::inbox::{self, InboxRow, ReceivedVia};
+use crate::webhooks::signature;
+
+/// Stripe's events are small; this leaves room for large objects.
+pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+
+/// The endpoint Stripe delivers to (no token: the signature protects it).
+pub fn delivery_router() -> Router<AppState> {
+    Router::new().route(
+        "/api/stripe/webhooks",
+        post(receive).layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),
+    )
+}
+
+/// The operators' view of the inbox (behind tokens).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhooks/events", get(list_events))
+        .route("/v1/webhooks/events/{id}/retry", post(retry_event))
+        .route("/v1/webhooks/retry-dead", post(retry_dead))
+        .route("/v1/webhooks/backfill", post(run_backfill))
+}
+
+fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let header = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok());
+    let now = chrono::Utc::now().timestamp();
+    if let Err(error) = signature::verify(header, &body, &state.webhook_secrets, now) {
+        if error == signature::SignatureError::NoSecret {
+            return Err(ApiError::stripe_not_configured("STRIPE_WEBHOOK_SECRET"));
+        }
+        return Err(bad_request("invalid_signature", error.to_string()));
+    }
+    let event =
+        EventEnvelope::parse(&body).map_err(|e| bad_request("invalid_event", e.to_string()))?;
+    let payload = std::str::from_utf8(&body)
+        .map_err(|_| bad_request("invalid_event", "the body is not UTF-8"))?;
+    let new = inbox::store(&state.pool, &event, payload, ReceivedVia::Webhook).await?;
+    if new {
+        state.webhooks.nudge();
+    }
+    Ok(Json(json!({"received": true, "duplicate": !new})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct EventList {
+    events: Vec<InboxRow>,
+}
+
+const STATUSES: [&str; 7] = [
+    "pending",
+    "processing",
+    "handled",
+    "ignored",
+    "unmatched",
+    "failed",
+    "dead",
+];
+
+async fn list_events(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<EventList>, ApiError> {
+    if let Some(status) = &query.status {
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::invalid(
+                "invalid_status",
+                format!("status is one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(EventList {
+        events: inbox::list(&state.pool, query.status.as_deref(), limit).await?,
+    }))
+}
+
+async fn retry_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let count = inbox::retry(&state.pool, Some(&id)).await?;
+    if count == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "event_not_retryable",
+            "no dead, failed or unmatched event has this id",
+        ));
+    }
+    state.webhooks.nudge();
+    Ok(Json(json!({"requeued": count})))
+}
+
+async fn retry_dead(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let count = inbox::retry(&state.pool, None).await?;
+    state.webhooks.nudge();
+    Ok(Json(json!({"requeued": count})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillBody {
+    /// Unix seconds.
+    since: i64,
+    until: Option<i64>,
+    account: Option<String>,
+}
+
+async fn run_backfill(
+    State(state): State<AppState>,
+    Json(body): Json<BackfillBody>,
+) -> Result<Json<backfill::BackfillReport>, ApiError> {
+    let until = body.until.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    if body.since > until {
+        return Err(ApiError::invalid(
+            "invalid_window",
+            "since must not be after until",
+        ));
+    }
+    let stripe = state
+        .stripe
+        .as_ref()
+        .ok_or_else(|| ApiError::stripe_not_configured("STRIPE_SECRET_KEY"))?;
+    let accounts = backfill::accounts(&state.pool, body.account.as_deref()).await?;
+    let report = backfill::run(&state.pool, stripe, &accounts, body.since, until, |_| {})
+        .await
+        .map_err(|e| match e {
+            backfill::BackfillError::Stripe(e) => {
+                tracing::warn!(error = %e, "backfill failed");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "stripe_unavailable",
+                    "Stripe could not list events; retry later",
+                )
+            }
+            backfill::BackfillError::Database(e) => ApiError::internal(e),
+        })?;
+    state.webhooks.nudge();
+    Ok(Json(report))
+}

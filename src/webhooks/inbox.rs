@@ -1,0 +1,157 @@
+//! The webhook inbox table: store once, claim for processing, record outcomes.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::envelope::EventEnvelope;
+
+/// How an event reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceivedVia {
+    Webhook,
+    Backfill,
+}
+
+/// Stores a verified event unless its id is already there. Returns whether it was new.
+pub async fn store(
+    pool: &PgPool,
+    event: &EventEnvelope,
+    payload: &str,
+    via: ReceivedVia,
+) -> Result<bool, sqlx::Error> {
+    let created: Option<DateTime<Utc>> =
+        event.created.and_then(|t| Utc.timestamp_opt(t, 0).single());
+    let inserted = sqlx::query(
+        "INSERT INTO webhook_events (event_id, event_type, account, livemode, stripe_created, payload, received_via) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&event.id)
+    .bind(&event.kind)
+    .bind(&event.account)
+    .bind(event.livemode)
+    .bind(created)
+    .bind(payload)
+    .bind(match via {
+        ReceivedVia::Webhook => "webhook",
+        ReceivedVia::Backfill => "backfill",
+    })
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// An event claimed for processing.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub event_id: String,
+    pub payload: String,
+    pub attempts: i32,
+}
+
+/// Claims due events (and ones whose claimant died) for this worker.
+pub async fn claim(pool: &PgPool, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE webhook_events w SET status = 'processing', attempts = w.attempts + 1, \
+           locked_until = now() + interval '60 seconds' \
+         FROM (SELECT event_id FROM webhook_events \
+               WHERE (status IN ('pending', 'failed') AND next_attempt_at <= now()) \
+                  OR (status = 'processing' AND locked_until < now()) \
+               ORDER BY received_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED) due \
+         WHERE w.event_id = due.event_id \
+         RETURNING w.event_id, w.payload, w.attempts",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Where an event ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Reconciled into the ledger (or found to change nothing).
+    Handled(String),
+    /// A type the ledger does not act on, or one for the other mode (live/test).
+    Ignored(String),
+    /// About an account no app owns: kept and reported, retried by an operator.
+    Unmatched(String),
+    /// Failed this time; retried with backoff, then parked as dead.
+    Failed(String),
+}
+
+/// Records the outcome of one processing attempt.
+pub async fn finish(
+    pool: &PgPool,
+    claimed: &Claimed,
+    outcome: &Outcome,
+    max_attempts: i32,
+    retry_in: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    let (status, detail, error) = match outcome {
+        Outcome::Handled(d) => ("handled", Some(d.as_str()), None),
+        Outcome::Ignored(d) => ("ignored", Some(d.as_str()), None),
+        Outcome::Unmatched(d) => ("unmatched", Some(d.as_str()), None),
+        Outcome::Failed(e) if claimed.attempts >= max_attempts => ("dead", None, Some(e.as_str())),
+        Outcome::Failed(e) => ("failed", None, Some(e.as_str())),
+    };
+    sqlx::query(
+        "UPDATE webhook_events SET status = $2, outcome = COALESCE($3, outcome), last_error = $4, \
+           locked_until = NULL, processed_at = CASE WHEN $2 IN ('handled', 'ignored', 'unmatched') THEN now() ELSE processed_at END, \
+           next_attempt_at = now() + make_interval(secs => $5) \
+         WHERE event_id = $1",
+    )
+    .bind(&claimed.event_id)
+    .bind(status)
+    .bind(detail)
+    .bind(error)
+    .bind(retry_in.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// An inbox row as operators see it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct InboxRow {
+    pub event_id: String,
+    pub event_type: String,
+    pub account: Option<String>,
+    pub livemode: bool,
+    pub received_via: String,
+    pub status: String,
+    pub attempts: i32,
+    pub outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn list(
+    pool: &PgPool,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<InboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT event_id, event_type, account, livemode, received_via, status, attempts, outcome, last_error, \
+           received_at, processed_at FROM webhook_events WHERE ($1::text IS NULL OR status = $1) \
+         ORDER BY received_at, event_id LIMIT $2",
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts dead (or unmatched, or failed) events back in the queue. `None` retries every dead one.
+pub async fn retry(pool: &PgPool, event_id: Option<&str>) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_events SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL \
+         WHERE ($1::text IS NULL AND status = 'dead') \
+            OR ($1::text IS NOT NULL AND event_id = $1 AND status IN ('dead', 'unmatched', 'failed'))",
+    )
+    .bind(event_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
