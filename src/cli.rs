@@ -1,5 +1,6 @@
-//! The command line: `serve` (default) and `migrate`.
+//! The command line: `serve` (default), `migrate`, and the operators' `webhooks` commands.
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::config::Settings;
@@ -23,4 +24,40 @@ pub enum Command {
     Serve,
     /// Apply the SQL migrations and exit.
     Migrate,
+    /// Operate the Stripe webhook inbox.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Put parked (dead) events back in the queue: one by id, or all of them.
+    Retry {
+        /// The Stripe event id (evt_…); without it, every dead event.
+        #[arg(long)]
+        event: Option<String>,
+    },
+    /// Fetch the events of a time window from Stripe (GET /v1/events, on the platform and on each
+    /// connected account) and feed the missed ones through the inbox.
+    Backfill {
+        /// Start of the window: unix seconds or RFC 3339.
+        #[arg(long, value_parser = parse_time)]
+        since: i64,
+        /// End of the window (default: now).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+        /// Only this connected account (acct_…).
+        #[arg(long)]
+        account: Option<String>,
+    },
+}
+
+/// Unix seconds or an RFC 3339 time.
+pub fn parse_time(raw: &str) -> Result<i64, String> {
+    if let Ok(seconds) = raw.parse::<i64>() {
+        return Ok(seconds);
+    }
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc).timestamp())
+        .map_err(|_| format!("{raw:?} is neither unix seconds nor an RFC 3339 time"))
 }

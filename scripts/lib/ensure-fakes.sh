@@ -9,8 +9,8 @@ ensure_fakes() {
     echo "== installing stripe-stateful-mock (npm)"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
-  if ! python3 -c "import localstripe" >/dev/null 2>&1; then
-    echo "== installing localstripe (PyPI)"
-    python3 -m pip install --quiet --disable-pip-version-check "localstripe==1.15.10"
+  if ! python3 -c "import localstripe, stripe" >/dev/null 2>&1; then
+    echo "== installing localstripe and the stripe signature oracle (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check "localstripe==1.15.10" "stripe==16.1.0"
   fi
 }

@@ -108,3 +108,66 @@ fn serve_runs_on_an_embedded_database_when_database_url_is_unset() {
     );
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[tokio::test]
+async fn the_webhooks_cli_retries_dead_letters_and_backfills() {
+    use connect_ledger::fake_stripe::{FakeStripe, FAKE_SECRET_KEY};
+    let database_url = crate::helpers::fresh_database().await;
+    let stripe = FakeStripe::start().await.expect("fake");
+    let cli = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .args(args)
+            .env("DATABASE_URL", &database_url)
+            .env("STRIPE_SECRET_KEY", FAKE_SECRET_KEY)
+            .env("STRIPE_API_BASE", stripe.base_url())
+            .env_remove("LEDGER_ENV");
+        command
+    };
+    assert!(cli(&["migrate"]).status().await.expect("migrate").success());
+    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    sqlx::query(
+        "INSERT INTO webhook_events (event_id, event_type, livemode, payload, status, attempts) \
+         VALUES ('evt_dead', 'refund.updated', false, '{}', 'dead', 8)",
+    )
+    .execute(&pool)
+    .await
+    .expect("plant a dead letter");
+    let retry = cli(&["webhooks", "retry"]).output().await.expect("retry");
+    assert!(retry.status.success());
+    assert!(String::from_utf8_lossy(&retry.stdout).contains("1 event(s) queued again"));
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM webhook_events WHERE event_id = 'evt_dead'")
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    assert_eq!(status, "pending");
+
+    stripe.push_event(
+        "refund.created",
+        Some("acct_cli"),
+        serde_json::json!({"id": "re_cli", "object": "refund", "amount": 5, "charge": "ch_cli"}),
+    );
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let backfill = cli(&[
+        "webhooks",
+        "backfill",
+        "--since",
+        &since,
+        "--account",
+        "acct_cli",
+    ])
+    .output()
+    .await
+    .expect("backfill");
+    let stdout = String::from_utf8_lossy(&backfill.stdout);
+    assert!(backfill.status.success(), "{stdout}");
+    assert!(stdout.contains("1 listed, 1 new"), "{stdout}");
+    let via: String = sqlx::query_scalar(
+        "SELECT received_via FROM webhook_events WHERE event_type = 'refund.created'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("row");
+    assert_eq!(via, "backfill");
+}

@@ -283,3 +283,68 @@ async fn localstripe_refunds_a_payment_intent_charge() {
         (Some(1500), Some(500))
     );
 }
+
+#[tokio::test]
+async fn localstripe_signs_and_sends_events_that_are_stored_once() {
+    let fake = ExternalFake::start("python3", "localstripe_server.py");
+    let app = service_against(&fake).await;
+    let registered = reqwest::Client::new()
+        .post(format!("{}/_config/webhooks/ledger", fake.base))
+        .form(&[
+            ("url", format!("{}/api/stripe/webhooks", app.address)),
+            ("secret", "whsec_test_secret".to_owned()),
+        ])
+        .send()
+        .await
+        .expect("register the webhook");
+    assert!(registered.status().is_success(), "{}", registered.status());
+    fake.post("/v1/customers", None, &[("email", "buyer@example.com")])
+        .await;
+    let method = fake
+        .post(
+            "/v1/payment_methods",
+            None,
+            &[
+                ("type", "card"),
+                ("card[number]", "4242424242424242"),
+                ("card[exp_month]", "12"),
+                ("card[exp_year]", "2030"),
+                ("card[cvc]", "123"),
+            ],
+        )
+        .await;
+    fake.post(
+        "/v1/payment_intents",
+        None,
+        &[
+            ("amount", "900"),
+            ("currency", "usd"),
+            ("payment_method", method["id"].as_str().expect("pm")),
+            ("confirm", "true"),
+            ("payment_method_types[]", "card"),
+        ],
+    )
+    .await;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for _ in 0..200 {
+        rows = sqlx::query_as("SELECT event_type, status FROM webhook_events ORDER BY received_at")
+            .fetch_all(&app.pool)
+            .await
+            .expect("inbox");
+        let settled = rows.iter().all(|(_, s)| s == "handled" || s == "ignored");
+        if rows.len() >= 2 && settled {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let types: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    assert!(types.contains(&"customer.created"), "{types:?}");
+    assert!(
+        types.iter().any(|t| t.starts_with("payment_intent.")),
+        "{types:?}"
+    );
+    assert!(
+        rows.iter().all(|(_, s)| s == "handled" || s == "ignored"),
+        "{rows:?}"
+    );
+}
