@@ -27,6 +27,38 @@ pub enum Command {
     /// Operate the Stripe webhook inbox.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Maintain the read models.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Compare an app's refunds in the ledger with Stripe's list of refunds on its account, report
+    /// every difference, and store the report (GET /v1/reconciliation/{app}).
+    Reconcile {
+        /// The app's slug.
+        #[arg(long)]
+        app: String,
+        /// Only refunds created since (unix seconds or RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Rebuild a projection (apps, refunds, audit) or all of them from the whole event log: built
+    /// aside, then swapped in, while readers keep reading the old tables.
+    Rebuild {
+        /// The projection; all when omitted.
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the audit log's hash chain against the stored events; exit 1 if it is broken.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, CqrsFramework, EventStore};
 use ledger_aggregates::app_connection::AppConnection;
 use ledger_aggregates::charge_ledger::ChargeLedger;
+use ledger_aggregates::upcasting::UPCASTS;
 use ledger_aggregates::EventMetadata;
 use ledger_projections::ProjectionRunner;
 use postgres_es::PostgresEventRepository;
@@ -46,6 +47,21 @@ fn store_error<E: std::error::Error>(error: AggregateError<E>) -> LedgerError<E>
 /// the event store's primary key still decides.
 const LOCK_STRIPES: usize = 128;
 
+/// The domain's upcasts (aggregates/src/upcasting.rs) as cqrs-es upcasters.
+fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
+    UPCASTS
+        .iter()
+        .map(|step| {
+            let apply = step.apply;
+            Box::new(SemanticVersionEventUpcaster::new(
+                step.event_type,
+                step.to_version,
+                Box::new(apply),
+            )) as Box<dyn EventUpcaster>
+        })
+        .collect()
+}
+
 /// One aggregate type's command side.
 pub struct CommandBus<A: Aggregate> {
     cqrs: CqrsFramework<A, Store<A>>,
@@ -60,8 +76,10 @@ where
     A::Services: Default,
 {
     fn new(pool: &PgPool) -> Self {
-        let store =
-            || PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
+        let store = || {
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+                .with_upcasters(upcasters())
+        };
         Self {
             cqrs: CqrsFramework::new(store(), Vec::new(), A::Services::default()),
             store: store(),

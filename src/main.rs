@@ -1,17 +1,19 @@
 use clap::Parser;
-use connect_ledger::cli::{Cli, Command, WebhooksCommand};
+use connect_ledger::cli::{AuditCommand, Cli, Command, ProjectionsCommand, WebhooksCommand};
 use connect_ledger::config::Config;
-use connect_ledger::startup::{shutdown_signal, Application, Database};
+use connect_ledger::startup::{projections, shutdown_signal, Application, Database};
 use connect_ledger::stripe::StripeApi;
-use connect_ledger::telemetry;
 use connect_ledger::webhooks::{backfill, inbox};
+use connect_ledger::{reconcile, telemetry};
+use ledger_projections::{audit, rebuild};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     telemetry::init();
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("connect-ledger: {error:#}");
@@ -20,63 +22,106 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; `Ok(false)` is a clean "no" (e.g. a broken audit chain).
+async fn run(cli: Cli) -> anyhow::Result<bool> {
     let config = cli.settings.validate()?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let app = Application::build(config).await?;
-            app.run_until_stopped(shutdown_signal()).await
-        }
-        Command::Migrate => {
-            Database::open(&config).await?.close().await;
-            println!("migrations applied");
-            Ok(())
-        }
-        Command::Webhooks(command) => webhooks(&config, command).await,
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Serve = command {
+        let app = Application::build(config).await?;
+        app.run_until_stopped(shutdown_signal()).await?;
+        return Ok(true);
     }
+    let database = Database::open(&config).await?;
+    let result = one_shot(&config, &database, command).await;
+    database.close().await;
+    result
 }
 
-async fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Result<()> {
-    let database = Database::open(config).await?;
-    let result = match command {
-        WebhooksCommand::Retry { event } => inbox::retry(&database.pool, event.as_deref())
-            .await
-            .map(|count| {
-                println!("{count} event(s) queued again; a running service processes them")
-            })
-            .map_err(anyhow::Error::from),
-        WebhooksCommand::Backfill {
+fn stripe(config: &Config) -> anyhow::Result<StripeApi> {
+    let key = config
+        .stripe
+        .secret_key
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("STRIPE_SECRET_KEY is required for this command"))?;
+    Ok(StripeApi::new(
+        config.stripe.api_base.clone(),
+        key,
+        config.stripe.retry,
+    ))
+}
+
+async fn one_shot(config: &Config, database: &Database, command: Command) -> anyhow::Result<bool> {
+    let pool = &database.pool;
+    match command {
+        Command::Serve => unreachable!("handled by run"),
+        Command::Migrate => println!("migrations applied"),
+        Command::Webhooks(WebhooksCommand::Retry { event }) => {
+            let count = inbox::retry(pool, event.as_deref()).await?;
+            println!("{count} event(s) queued again; a running service processes them");
+        }
+        Command::Webhooks(WebhooksCommand::Backfill {
             since,
             until,
             account,
-        } => {
+        }) => {
             let until = until.unwrap_or_else(|| chrono::Utc::now().timestamp());
-            let key =
-                config.stripe.secret_key.clone().ok_or_else(|| {
-                    anyhow::anyhow!("STRIPE_SECRET_KEY is required to list events")
-                })?;
-            let stripe = StripeApi::new(config.stripe.api_base.clone(), key, config.stripe.retry);
-            let accounts = backfill::accounts(&database.pool, account.as_deref()).await?;
+            let stripe = stripe(config)?;
+            let accounts = backfill::accounts(pool, account.as_deref()).await?;
             println!(
                 "backfilling {} account(s) from {since} to {until}",
                 accounts.len()
             );
-            backfill::run(&database.pool, &stripe, &accounts, since, until, |r| {
+            let report = backfill::run(pool, &stripe, &accounts, since, until, |r| {
                 println!(
                     "  accounts {} · listed {} · new {}",
                     r.accounts, r.listed, r.stored
                 );
             })
-            .await
-            .map(|r| {
-                println!(
-                    "done: {} listed, {} new event(s) queued",
-                    r.listed, r.stored
-                )
-            })
-            .map_err(anyhow::Error::from)
+            .await?;
+            println!(
+                "done: {} listed, {} new event(s) queued",
+                report.listed, report.stored
+            );
         }
-    };
-    database.close().await;
-    result
+        Command::Projections(ProjectionsCommand::Rebuild { name }) => {
+            let all = projections();
+            let chosen: Vec<_> = all
+                .into_iter()
+                .filter(|p| name.as_deref().is_none_or(|n| n == p.name()))
+                .collect();
+            if chosen.is_empty() {
+                anyhow::bail!(
+                    "no projection named {:?} (apps, refunds, audit)",
+                    name.unwrap_or_default()
+                );
+            }
+            for projection in chosen {
+                let label = projection.name().to_owned();
+                let started = std::time::Instant::now();
+                let report = rebuild::rebuild(pool, projection, |n| {
+                    if n % 10_000 == 0 || n < 10_000 {
+                        println!("  {label}: {n} events replayed");
+                    }
+                })
+                .await?;
+                let seconds = started.elapsed().as_secs_f64();
+                println!(
+                    "{label}: rebuilt from {} events in {seconds:.2} s ({:.0} events/s), swapped in",
+                    report.events,
+                    report.events as f64 / seconds.max(1e-9)
+                );
+            }
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let verification = audit::verify(pool).await?;
+            println!("{}", serde_json::to_string(&verification)?);
+            return Ok(verification.ok);
+        }
+        Command::Reconcile { app, since } => {
+            let report = reconcile::run(pool, &stripe(config)?, &app, since).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            return Ok(report.differences.is_empty());
+        }
+    }
+    Ok(true)
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ledger_projections::apps::AppsProjection;
+use ledger_projections::audit::AuditProjection;
 use ledger_projections::refunds::RefundsProjection;
 use ledger_projections::{Projection, ProjectionRunner};
 use secrecy::ExposeSecret;
@@ -25,6 +26,7 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(AppsProjection::live()),
         Arc::new(RefundsProjection::live()),
+        Arc::new(AuditProjection::live()),
     ]
 }
 

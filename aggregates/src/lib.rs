@@ -9,6 +9,7 @@ pub mod charge_ledger;
 pub mod metadata;
 pub mod secret_token;
 pub mod slug;
+pub mod upcasting;
 
 pub use metadata::{EventMetadata, Source};
 pub use slug::Slug;

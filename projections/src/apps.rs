@@ -38,6 +38,17 @@ impl Projection for AppsProjection {
         &[APP_CONNECTION]
     }
 
+    fn tables(&self) -> Vec<String> {
+        vec![self.table.clone()]
+    }
+
+    fn aside(&self) -> std::sync::Arc<dyn Projection> {
+        std::sync::Arc::new(Self::into_table(
+            &format!("{}{}", self.name, crate::rebuild::ASIDE_SUFFIX),
+            &format!("{}{}", crate::rebuild::ASIDE_PREFIX, self.table),
+        ))
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

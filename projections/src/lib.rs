@@ -5,7 +5,9 @@
 //! same transaction, so it never skips, repeats or half-applies an event. See [`runner`].
 
 pub mod apps;
+pub mod audit;
 pub mod error;
+pub mod rebuild;
 pub mod refunds;
 pub mod runner;
 pub mod stored_event;

@@ -67,6 +67,21 @@ impl Projection for RefundsProjection {
         &[CHARGE_LEDGER]
     }
 
+    fn tables(&self) -> Vec<String> {
+        vec![
+            self.refunds.clone(),
+            self.charges.clone(),
+            self.external.clone(),
+        ]
+    }
+
+    fn aside(&self) -> std::sync::Arc<dyn Projection> {
+        std::sync::Arc::new(Self::with_tables(
+            &format!("{}{}", self.name, crate::rebuild::ASIDE_SUFFIX),
+            crate::rebuild::ASIDE_PREFIX,
+        ))
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

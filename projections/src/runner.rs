@@ -38,6 +38,10 @@ pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// The aggregate types whose events it reads.
     fn aggregate_types(&self) -> &[&'static str];
+    /// The tables it writes (rebuilt aside, then swapped in).
+    fn tables(&self) -> Vec<String>;
+    /// The same projection writing to `rebuild_`-prefixed tables under its own checkpoint.
+    fn aside(&self) -> Arc<dyn Projection>;
     /// Applies one event inside the runner's transaction.
     async fn apply(
         &self,
@@ -51,6 +55,16 @@ pub trait Projection: Send + Sync + 'static {
 pub struct Checkpoint {
     pub transaction_id: i64,
     pub position: i64,
+}
+
+/// A projection's distance from the head of the log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lag {
+    pub projection: String,
+    /// Events it has not applied yet.
+    pub behind: i64,
+    /// Age of the oldest of them, in seconds.
+    pub oldest_seconds: f64,
 }
 
 /// What one call of [`ProjectionRunner::catch_up`] achieved.
@@ -101,80 +115,44 @@ impl ProjectionRunner {
 
     /// Applies every committed event the projection has not seen yet.
     pub async fn catch_up(&self, projection: &dyn Projection) -> Result<CatchUp, ProjectionError> {
-        let mut applied = 0;
-        loop {
-            match self.apply_batch(projection).await? {
-                None => return Ok(CatchUp::Busy),
-                Some(n) => {
-                    applied += n;
-                    if n < BATCH_SIZE as u64 {
-                        return Ok(CatchUp::Applied(applied));
-                    }
-                }
-            }
-        }
+        self.catch_up_batches(projection, usize::MAX).await
     }
 
-    async fn apply_batch(
+    /// Like [`Self::catch_up`], stopping after `max_batches` transactions.
+    pub async fn catch_up_batches(
         &self,
         projection: &dyn Projection,
-    ) -> Result<Option<u64>, ProjectionError> {
-        let mut tx = self.pool.begin().await?;
-        // Read the horizon before this transaction takes an id of its own (the row lock below).
-        let horizon: i64 =
-            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-                .fetch_one(&mut *tx)
-                .await?;
-        let checkpoint: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT last_transaction_id::text::bigint, last_position FROM projection_checkpoints \
-             WHERE name = $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(projection.name())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((last_txid, last_position)) = checkpoint else {
-            return Ok(None);
-        };
-        let types: Vec<String> = projection
-            .aggregate_types()
-            .iter()
-            .map(|t| (*t).to_owned())
-            .collect();
-        let events: Vec<StoredEvent> = sqlx::query_as(&format!(
-            "SELECT {STORED_EVENT_COLUMNS} FROM events \
-             WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-               AND transaction_id < $3::text::xid8 \
-               AND aggregate_type = ANY($4) \
-             ORDER BY transaction_id, global_position LIMIT $5"
-        ))
-        .bind(last_txid.to_string())
-        .bind(last_position)
-        .bind(horizon.to_string())
-        .bind(&types)
-        .bind(BATCH_SIZE)
-        .fetch_all(&mut *tx)
-        .await?;
-        let Some(last) = events.last() else {
-            return Ok(Some(0));
-        };
-        let next = Checkpoint {
-            transaction_id: last.transaction_id,
-            position: last.global_position,
-        };
-        for event in &events {
-            projection.apply(&mut tx, event).await?;
+        max_batches: usize,
+    ) -> Result<CatchUp, ProjectionError> {
+        let mut applied = 0;
+        for _ in 0..max_batches {
+            let mut tx = self.pool.begin().await?;
+            let Some(n) = apply_batch(&mut tx, projection, true).await? else {
+                return Ok(CatchUp::Busy);
+            };
+            tx.commit().await?;
+            applied += n;
+            if n < BATCH_SIZE as u64 {
+                break;
+            }
         }
-        sqlx::query(
-            "UPDATE projection_checkpoints SET last_transaction_id = $2::text::xid8, \
-             last_position = $3, updated_at = now() WHERE name = $1",
-        )
-        .bind(projection.name())
-        .bind(next.transaction_id.to_string())
-        .bind(next.position)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(events.len() as u64))
+        Ok(CatchUp::Applied(applied))
+    }
+
+    /// Applies everything visible inside the caller's transaction (used by rebuild's swap).
+    pub async fn apply_until_done(
+        &self,
+        conn: &mut PgConnection,
+        projection: &dyn Projection,
+    ) -> Result<u64, ProjectionError> {
+        let mut applied = 0;
+        loop {
+            let n = apply_batch(conn, projection, false).await?.unwrap_or(0);
+            applied += n;
+            if n < BATCH_SIZE as u64 {
+                return Ok(applied);
+            }
+        }
     }
 
     pub async fn checkpoint(&self, name: &str) -> Result<Checkpoint, ProjectionError> {
@@ -189,6 +167,35 @@ impl ProjectionRunner {
             transaction_id,
             position,
         })
+    }
+
+    /// How far behind each projection is: events not yet applied, and the age in seconds of the
+    /// oldest of them.
+    pub async fn lag(&self) -> Result<Vec<Lag>, ProjectionError> {
+        let mut lags = Vec::new();
+        for projection in &self.projections {
+            let types: Vec<String> = projection
+                .aggregate_types()
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect();
+            let (behind, age): (i64, Option<f64>) = sqlx::query_as(
+                "SELECT count(*), EXTRACT(EPOCH FROM now() - min(e.recorded_at))::float8 FROM events e, \
+                   projection_checkpoints c \
+                 WHERE c.name = $1 AND e.aggregate_type = ANY($2) \
+                   AND (e.transaction_id, e.global_position) > (c.last_transaction_id, c.last_position)",
+            )
+            .bind(projection.name())
+            .bind(&types)
+            .fetch_one(&self.pool)
+            .await?;
+            lags.push(Lag {
+                projection: projection.name().to_owned(),
+                behind,
+                oldest_seconds: age.unwrap_or(0.0),
+            });
+        }
+        Ok(lags)
     }
 
     /// The place of the latest event of one aggregate, if it has any.
@@ -267,4 +274,71 @@ impl ProjectionRunner {
             }
         }
     }
+}
+
+/// One batch inside `conn`'s transaction: `None` when another runner holds the projection.
+async fn apply_batch(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    skip_locked: bool,
+) -> Result<Option<u64>, ProjectionError> {
+    // Read the horizon before this transaction takes an id of its own (the row lock below).
+    let horizon: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(&mut *conn)
+            .await?;
+    let lock = if skip_locked {
+        "FOR UPDATE SKIP LOCKED"
+    } else {
+        "FOR UPDATE"
+    };
+    let checkpoint: Option<(i64, i64)> = sqlx::query_as(&format!(
+        "SELECT last_transaction_id::text::bigint, last_position FROM projection_checkpoints \
+         WHERE name = $1 {lock}"
+    ))
+    .bind(projection.name())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((last_txid, last_position)) = checkpoint else {
+        return Ok(None);
+    };
+    let types: Vec<String> = projection
+        .aggregate_types()
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    let events: Vec<StoredEvent> = sqlx::query_as(&format!(
+        "SELECT {STORED_EVENT_COLUMNS} FROM events \
+         WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+           AND transaction_id < $3::text::xid8 \
+           AND aggregate_type = ANY($4) \
+         ORDER BY transaction_id, global_position LIMIT $5"
+    ))
+    .bind(last_txid.to_string())
+    .bind(last_position)
+    .bind(horizon.to_string())
+    .bind(&types)
+    .bind(BATCH_SIZE)
+    .fetch_all(&mut *conn)
+    .await?;
+    let Some(last) = events.last() else {
+        return Ok(Some(0));
+    };
+    let next = Checkpoint {
+        transaction_id: last.transaction_id,
+        position: last.global_position,
+    };
+    for event in &events {
+        projection.apply(&mut *conn, event).await?;
+    }
+    sqlx::query(
+        "UPDATE projection_checkpoints SET last_transaction_id = $2::text::xid8, \
+         last_position = $3, updated_at = now() WHERE name = $1",
+    )
+    .bind(projection.name())
+    .bind(next.transaction_id.to_string())
+    .bind(next.position)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some(events.len() as u64))
 }

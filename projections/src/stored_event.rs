@@ -1,4 +1,5 @@
 use chrono::{DateTime, Utc};
+use ledger_aggregates::upcasting::upcast;
 use serde::de::DeserializeOwned;
 
 use crate::ProjectionError;
@@ -23,9 +24,10 @@ pub const STORED_EVENT_COLUMNS: &str = "global_position, transaction_id::text::b
      aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 
 impl StoredEvent {
-    /// Decodes the payload into the aggregate's event enum.
+    /// Decodes the payload, upcast from its stored version, into the aggregate's event enum.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, ProjectionError> {
-        serde_json::from_value(self.payload.clone()).map_err(|source| ProjectionError::Decode {
+        let payload = upcast(&self.event_type, &self.event_version, self.payload.clone());
+        serde_json::from_value(payload).map_err(|source| ProjectionError::Decode {
             position: self.global_position,
             event_type: self.event_type.clone(),
             source,

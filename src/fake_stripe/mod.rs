@@ -195,6 +195,23 @@ impl FakeStripe {
         Some(refund)
     }
 
+    /// Changes a refund behind the ledger's back (for reconciliation tests).
+    pub fn tamper_refund(&self, id: &str, amount: Option<i64>, status: Option<&str>) {
+        if let Some(refund) = self.lock().refunds.iter_mut().find(|r| r.id == id) {
+            if let Some(amount) = amount {
+                refund.amount = amount;
+            }
+            if let Some(status) = status {
+                refund.status = status.to_owned();
+            }
+        }
+    }
+
+    /// Makes a refund vanish from Stripe's lists.
+    pub fn delete_refund(&self, id: &str) {
+        self.lock().refunds.retain(|r| r.id != id);
+    }
+
     /// Drops every fault still queued.
     pub fn forget_faults(&self) {
         self.lock().faults.clear();

@@ -23,10 +23,13 @@ async fn healthz() -> Json<Value> {
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
-        Ok(Ok(_)) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "database": "ok"})),
-        ),
+        Ok(Ok(_)) => {
+            let lag = state.ledger.projections.lag().await.unwrap_or_default();
+            (
+                StatusCode::OK,
+                Json(json!({"status": "ready", "database": "ok", "projections": lag})),
+            )
+        }
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes per resource, one error type, layers for ids, tracing and limits.
 
 pub mod apps;
+pub mod audit;
 pub mod auth;
 pub mod connect_callback;
 pub mod context;
@@ -34,6 +35,7 @@ pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
     let api = apps::router()
         .merge(refunds::router())
         .merge(webhooks::router())
+        .merge(audit::router())
         .route_layer(axum::middleware::from_fn_with_state(
             tokens,
             auth::require_token,

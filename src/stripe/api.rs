@@ -46,6 +46,8 @@ pub struct Refund {
     pub id: String,
     pub amount: i64,
     #[serde(default)]
+    pub charge: Option<serde_json::Value>,
+    #[serde(default)]
     pub status: Option<String>,
     #[serde(default)]
     pub failure_reason: Option<String>,
@@ -234,6 +236,38 @@ impl StripeApi {
         let mut all: Vec<Refund> = Vec::new();
         loop {
             let mut list = ListRefund::new().charge(charge).limit(100);
+            if let Some(last) = all.last() {
+                list = list.starting_after(last.id.clone());
+            }
+            let request = list.build();
+            let page: ListPage<Refund> = self
+                .with_retries("refunds.list", Some(account), None, || {
+                    request_clone(&request)
+                })
+                .await?;
+            let more = page.has_more && !page.data.is_empty();
+            all.extend(page.data);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// `GET /v1/refunds` on a connected account: every refund, optionally created since `since`.
+    pub async fn list_account_refunds(
+        &self,
+        account: &str,
+        since: Option<i64>,
+    ) -> Result<Vec<Refund>, StripeCallError> {
+        let mut all: Vec<Refund> = Vec::new();
+        loop {
+            let mut list = ListRefund::new().limit(100);
+            if let Some(since) = since {
+                list = list.created(RangeQueryTs::Bounds(RangeBoundsTs {
+                    gte: Some(since),
+                    ..RangeBoundsTs::default()
+                }));
+            }
             if let Some(last) = all.last() {
                 list = list.starting_after(last.id.clone());
             }

@@ -36,7 +36,6 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub pool: PgPool,
     pub stripe: FakeStripe,
-    #[allow(dead_code)]
     pub database_url: String,
 }
 

@@ -2,11 +2,13 @@
 //! in-process fake Stripe. One binary, so the crate compiles once.
 
 mod apps;
+mod audit;
 mod binary;
 mod connect;
 mod crash;
 mod helpers;
 mod http_basics;
+mod projection_races;
 mod refunds;
 mod replay;
 mod third_party;

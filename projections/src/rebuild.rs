@@ -1,0 +1,94 @@
+//! Rebuilding a projection from the whole event log without taking it away from readers: build
+//! it aside in `rebuild_*` tables under its own checkpoint, then, in one transaction that holds the
+//! live projection's checkpoint, apply the last events and swap the tables by renaming.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::runner::{CatchUp, ProjectionRunner};
+use crate::{Projection, ProjectionError};
+
+pub const ASIDE_PREFIX: &str = "rebuild_";
+pub const ASIDE_SUFFIX: &str = ":rebuild";
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RebuildReport {
+    /// Events replayed into the new tables.
+    pub events: u64,
+}
+
+/// Rebuilds `live`; `progress` hears the running count of replayed events.
+pub async fn rebuild(
+    pool: &PgPool,
+    live: Arc<dyn Projection>,
+    progress: impl Fn(u64),
+) -> Result<RebuildReport, ProjectionError> {
+    let aside = live.aside();
+    let pairs: Vec<(String, String)> = live.tables().into_iter().zip(aside.tables()).collect();
+    for (live_table, aside_table) in &pairs {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {aside_table}"))
+            .execute(pool)
+            .await?;
+        sqlx::query(&format!(
+            "CREATE TABLE {aside_table} (LIKE {live_table} INCLUDING ALL)"
+        ))
+        .execute(pool)
+        .await?;
+    }
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(aside.name())
+        .execute(pool)
+        .await?;
+    let runner = ProjectionRunner::new(pool.clone(), vec![Arc::clone(&aside)]);
+    runner.register().await?;
+    let mut report = RebuildReport::default();
+    loop {
+        match runner.catch_up_batches(aside.as_ref(), 20).await? {
+            CatchUp::Applied(n) => {
+                report.events += n;
+                progress(report.events);
+                if n == 0 {
+                    break;
+                }
+            }
+            CatchUp::Busy => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+
+    let mut tx = pool.begin().await?;
+    // Hold the live projection: its runners wait (or skip) until the swap is done.
+    sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(live.name())
+        .execute(&mut *tx)
+        .await?;
+    report.events += runner.apply_until_done(&mut tx, aside.as_ref()).await?;
+    progress(report.events);
+    for (live_table, aside_table) in &pairs {
+        let old = format!("{ASIDE_PREFIX}old_{live_table}");
+        sqlx::query(&format!("ALTER TABLE {live_table} RENAME TO {old}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("ALTER TABLE {aside_table} RENAME TO {live_table}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("DROP TABLE {old}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE projection_checkpoints l SET last_transaction_id = a.last_transaction_id, \
+           last_position = a.last_position, updated_at = now() \
+         FROM projection_checkpoints a WHERE l.name = $1 AND a.name = $2",
+    )
+    .bind(live.name())
+    .bind(aside.name())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(aside.name())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(report)
+}

@@ -1,0 +1,164 @@
+//! The catch-up runner against the races that made event stores skip events: transactions that
+//! commit out of order, one holding a reserved position open while later ones commit, rolled-back
+//! transactions leaving permanent gaps, an idle store hit by a burst, and two service instances
+//! running the same projection. Every committed event must be applied exactly once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ledger_projections::{Projection, ProjectionError, ProjectionRunner, StoredEvent};
+use rand::Rng;
+use sqlx::{PgConnection, PgPool};
+
+use crate::helpers::fresh_database;
+
+/// Records each applied position; the primary key makes a second application fail loudly.
+struct Seen;
+
+#[async_trait]
+impl Projection for Seen {
+    fn name(&self) -> &str {
+        "seen"
+    }
+    fn aggregate_types(&self) -> &[&'static str] {
+        &["Race"]
+    }
+    fn tables(&self) -> Vec<String> {
+        vec!["seen".into()]
+    }
+    fn aside(&self) -> Arc<dyn Projection> {
+        Arc::new(Seen)
+    }
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query("INSERT INTO seen (global_position) VALUES ($1)")
+            .bind(event.global_position)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn write(pool: &PgPool, hold: Duration, commit: bool) {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('Race', $1, 1, 'Tick', '1.0', '{}', '{}')",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .execute(&mut *tx)
+    .await
+    .expect("insert");
+    tokio::time::sleep(hold).await;
+    if commit {
+        tx.commit().await.expect("commit");
+    } else {
+        tx.rollback().await.expect("rollback");
+    }
+}
+
+async fn committed(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT global_position FROM events WHERE aggregate_type = 'Race' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("events")
+}
+
+async fn seen(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT global_position FROM seen ORDER BY 1")
+        .fetch_all(pool)
+        .await
+        .expect("seen")
+}
+
+#[tokio::test]
+async fn no_event_is_skipped_or_applied_twice_under_racing_commits_and_two_instances() {
+    let url = fresh_database().await;
+    let pool = connect_ledger::db::connect(&url).await.expect("pool");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    sqlx::query("CREATE TABLE seen (global_position bigint PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .expect("seen table");
+
+    // Two service instances, each with its own pool, run the same projection.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for _ in 0..2 {
+        let instance_pool = connect_ledger::db::connect(&url).await.expect("pool");
+        let runner = ProjectionRunner::new(instance_pool, vec![Arc::new(Seen)]);
+        runner.register().await.expect("register");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(runner.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
+
+    // A transaction reserves a low position and holds it open while later ones commit.
+    let holder = tokio::spawn({
+        let pool = pool.clone();
+        async move { write(&pool, Duration::from_millis(1500), true).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Sixteen writers commit out of order; one in ten rolls back, leaving a permanent gap.
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let pool = pool.clone();
+        writers.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                let (hold, commit) = {
+                    let mut rng = rand::thread_rng();
+                    (
+                        Duration::from_millis(rng.gen_range(0..15)),
+                        rng.gen_range(0..10) != 0,
+                    )
+                };
+                write(&pool, hold, commit).await;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    holder.await.expect("holder");
+    // The store goes idle, then takes a burst.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let burst: Vec<_> = (0..200)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { write(&pool, Duration::ZERO, true).await })
+        })
+        .collect();
+    for task in burst {
+        task.await.expect("burst");
+    }
+
+    let expected = committed(&pool).await;
+    assert!(expected.len() > 700, "{}", expected.len());
+    let mut applied = Vec::new();
+    for _ in 0..400 {
+        applied = seen(&pool).await;
+        if applied.len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(true);
+    assert_eq!(
+        applied, expected,
+        "every committed event applied exactly once"
+    );
+    let positions: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("max");
+    assert!(
+        positions as usize > expected.len(),
+        "rolled-back transactions left gaps"
+    );
+}
