@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod fake_stripe;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod reconcile;
 pub mod refunds;
 pub mod startup;

@@ -118,6 +118,7 @@ impl Application {
             webhook_secrets: config.stripe.webhook_secrets.clone(),
             webhooks: Arc::clone(&webhooks),
         });
+        crate::metrics::handle();
         let router = http::router(services, Arc::new(config.tokens.clone()));
         Ok(Self {
             listener,

@@ -75,10 +75,15 @@ mod tests {
         let old = json!({"RefundRequested": {
             "refund_id": "rf_1", "idempotency_key": "refund:p:a", "purchase_id": "p", "approval_id": "a",
             "amount": 500, "currency": "usd", "reason": "duplicate", "requested_by": "agent"}});
-        assert!(
-            serde_json::from_value::<ChargeLedgerEvent>(old.clone()).is_err(),
-            "0.9 does not parse as 1.0"
-        );
+        // Read as 1.0, the missing field would silently mean "refund all that is refundable".
+        match serde_json::from_value::<ChargeLedgerEvent>(old.clone()) {
+            Ok(ChargeLedgerEvent::RefundRequested {
+                requested_amount, ..
+            }) => {
+                assert_eq!(requested_amount, None)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
         let event: ChargeLedgerEvent =
             serde_json::from_value(upcast("RefundRequested", "0.9", old)).expect("upcast parses");
         match event {

@@ -28,7 +28,7 @@ pub(super) fn push_event(
     account: Option<&str>,
     object: Value,
 ) -> Value {
-    state.clock += 1;
+    state.clock = state.clock.max(chrono::Utc::now().timestamp());
     let mut event = json!({
         "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
         "object": "event",

@@ -48,6 +48,7 @@ pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
+        .route_layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .layer(
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::new([

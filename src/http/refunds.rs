@@ -220,6 +220,7 @@ async fn create_refund(
         }
         return Err(error);
     }
+    metrics::counter!("refunds_total", "status" => accepted.refund.status.as_str()).increment(1);
     let view = refund_view(&state, &accepted.refund, &charge_id, &app).await?;
     let status = if accepted.created {
         StatusCode::CREATED

@@ -376,6 +376,7 @@ impl StripeApi {
             Err(error) => {
                 let error = error.without_url().to_string();
                 tracing::warn!(endpoint, elapsed_ms, %error, "Stripe call failed");
+                metrics::counter!("stripe_requests_total", "endpoint" => endpoint, "status" => "transport_error").increment(1);
                 return Err(StripeCallError::Transport(error));
             }
         };
@@ -390,6 +391,9 @@ impl StripeApi {
             .await
             .map_err(|e| StripeCallError::Transport(e.without_url().to_string()))?;
         tracing::info!(endpoint, status, elapsed_ms, "Stripe call");
+        metrics::counter!("stripe_requests_total", "endpoint" => endpoint, "status" => status.to_string()).increment(1);
+        metrics::histogram!("stripe_request_duration_seconds", "endpoint" => endpoint)
+            .record(elapsed_ms as f64 / 1000.0);
         if (200..300).contains(&status) {
             return serde_json::from_slice(&body)
                 .map_err(|_| StripeCallError::Unreadable { status });

@@ -64,6 +64,17 @@ impl WebhookProcessor {
             }
             _ => {}
         }
+        let label = match &outcome {
+            Outcome::Handled(_) => "handled",
+            Outcome::Ignored(_) => "ignored",
+            Outcome::Unmatched(_) => "unmatched",
+            Outcome::Failed(_) => "failed",
+        };
+        let kind = serde_json::from_str::<serde_json::Value>(&item.payload)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        metrics::counter!("webhook_events_total", "type" => kind, "outcome" => label).increment(1);
         let retry_in = self.retry.worker_delay(item.attempts.max(0) as u32);
         if let Err(error) = inbox::finish(&self.pool, &item, &outcome, MAX_ATTEMPTS, retry_in).await
         {

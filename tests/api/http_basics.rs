@@ -79,3 +79,34 @@ async fn malformed_bodies_are_4xx() {
     assert_eq!(huge.status(), 413);
     assert_eq!(error_code(huge).await, "payload_too_large");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_show_projection_lag() {
+    let app = spawn_app().await;
+    let scrape = || async {
+        app.request(Method::GET, "/metrics", None, None)
+            .await
+            .text()
+            .await
+            .expect("text")
+    };
+    let count = |text: &str, needle: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("http_requests_total") && l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = scrape().await;
+    for _ in 0..3 {
+        app.get("/v1/apps").await;
+    }
+    let after = scrape().await;
+    let needle = "route=\"/v1/apps\"";
+    assert!(
+        count(&after, needle) >= count(&before, needle) + 3.0,
+        "{after}"
+    );
+    assert!(after.contains("projection_lag_events{projection=\"apps\"}"));
+    assert!(after.contains("webhook_inbox_depth"));
+    assert!(after.contains("http_request_duration_seconds_bucket"));
+}
