@@ -159,7 +159,7 @@ impl Projection for RefundsProjection {
             } => {
                 sqlx::query(&format!(
                     "UPDATE {refunds} SET status = $2, stripe_refund_id = COALESCE($3, stripe_refund_id), \
-                       failure_reason = $4, updated_at = $5 WHERE id = $1"
+                       failure_reason = $4, updated_at = $5, projected_at = clock_timestamp() WHERE id = $1"
                 ))
                 .bind(refund_id)
                 .bind(status.as_str())

@@ -11,7 +11,7 @@ use crate::helpers::spawn_app;
 
 async fn table_rows(pool: &sqlx::PgPool, table: &str) -> Vec<String> {
     sqlx::query(&format!(
-        "SELECT row_to_json(t)::text AS row FROM (SELECT * FROM {table} ORDER BY slug) t"
+        "SELECT (to_jsonb(t) - 'projected_at')::text AS row FROM (SELECT * FROM {table} ORDER BY slug) t"
     ))
     .fetch_all(pool)
     .await

@@ -1,0 +1,125 @@
+//! The same-run baselines: (a) raw PostgreSQL, one event-shaped row per transaction; (b) plain
+//! cqrs-es + postgres-es executing a trivial one-event command.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, CqrsFramework, DomainEvent};
+use postgres_es::PostgresEventRepository;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::load::{run, Figure};
+use crate::Plan;
+
+pub const RAW: &str = "baseline: raw INSERT per tx";
+pub const CQRS: &str = "baseline: plain cqrs-es command";
+
+pub async fn raw_inserts(pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+    sqlx::query("CREATE TABLE bench_raw (LIKE events INCLUDING DEFAULTS)")
+        .execute(pool)
+        .await?;
+    let mut figures = Vec::new();
+    for &clients in &plan.clients {
+        let pool = pool.clone();
+        figures.push(
+            run(RAW, None, clients, plan.duration, 1.0, move |client, n| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query(
+                        "INSERT INTO bench_raw (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                         VALUES ('Bench', $1, 1, 'Happened', '1.0', $2, $3)",
+                    )
+                    .bind(format!("{client}-{n}"))
+                    .bind(serde_json::json!({"Happened": {"amount": n}}))
+                    .bind(serde_json::json!({"actor": "bench", "source": "system"}))
+                    .execute(&pool)
+                    .await?;
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+    }
+    Ok(figures)
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Counter {
+    count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Counted {
+    Incremented,
+}
+
+impl DomainEvent for Counted {
+    fn event_type(&self) -> String {
+        "Incremented".into()
+    }
+    fn event_version(&self) -> String {
+        "1.0".into()
+    }
+}
+
+mod thiserror_free {
+    /// An error that cannot happen.
+    #[derive(Debug)]
+    pub enum Never {}
+    impl std::fmt::Display for Never {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match *self {}
+        }
+    }
+    impl std::error::Error for Never {}
+}
+
+impl Aggregate for Counter {
+    const TYPE: &'static str = "BenchCounter";
+    type Command = ();
+    type Event = Counted;
+    type Error = thiserror_free::Never;
+    type Services = ();
+
+    async fn handle(&mut self, _: (), _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
+        sink.write(Counted::Incremented, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, _: Counted) {
+        self.count += 1;
+    }
+}
+
+pub async fn plain_cqrs(pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+    sqlx::query(
+        "CREATE TABLE bench_cqrs_events (aggregate_type text NOT NULL, aggregate_id text NOT NULL, \
+         sequence bigint NOT NULL, event_type text NOT NULL, event_version text NOT NULL, payload json NOT NULL, \
+         metadata json NOT NULL, PRIMARY KEY (aggregate_type, aggregate_id, sequence))",
+    )
+    .execute(pool)
+    .await?;
+    let repo = PostgresEventRepository::new(pool.clone())
+        .with_tables("bench_cqrs_events", "bench_cqrs_snapshots");
+    let cqrs = std::sync::Arc::new(CqrsFramework::<Counter, _>::new(
+        PersistedEventStore::new_event_store(repo),
+        Vec::new(),
+        (),
+    ));
+    let mut figures = Vec::new();
+    for &clients in &plan.clients {
+        let cqrs = std::sync::Arc::clone(&cqrs);
+        figures.push(
+            run(CQRS, None, clients, plan.duration, 1.0, move |client, n| {
+                let cqrs = std::sync::Arc::clone(&cqrs);
+                async move {
+                    cqrs.execute(&format!("{clients}-{client}-{n}"), ())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                }
+            })
+            .await?,
+        );
+    }
+    Ok(figures)
+}

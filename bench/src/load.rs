@@ -1,0 +1,79 @@
+//! A closed-loop load generator: `clients` tasks repeat an operation for a fixed time.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One measured row of the table.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub name: &'static str,
+    pub clients: usize,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// The figure this one is compared to, at the same client count.
+    pub baseline: Option<&'static str>,
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// Runs `op(client, iteration)` from `clients` tasks for `duration`; `per_op` scales throughput
+/// (e.g. events per operation). Failed operations abort the run.
+pub async fn run<F, Fut>(
+    name: &'static str,
+    baseline: Option<&'static str>,
+    clients: usize,
+    duration: Duration,
+    per_op: f64,
+    op: F,
+) -> anyhow::Result<Figure>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let op = Arc::clone(&op);
+        let counter = Arc::clone(&counter);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while started.elapsed() < duration {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                op(client, n).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    let figure = Figure {
+        name,
+        clients,
+        per_second: all.len() as f64 * per_op / elapsed,
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+        baseline,
+    };
+    eprintln!(
+        "  {name:<32} {clients:>3} clients: {:>8.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        figure.per_second, figure.p50_ms, figure.p99_ms
+    );
+    Ok(figure)
+}

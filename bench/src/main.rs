@@ -1,0 +1,95 @@
+//! `scripts/bench [--quick]`: starts connect-ledger (release build, a separate process) against a
+//! fresh PostgreSQL database and an in-process zero-latency fake Stripe, loads it over real HTTP
+//! from this process, measures the baselines in the same run, and prints one table.
+
+mod baselines;
+mod load;
+mod scenarios;
+mod service;
+
+use std::time::Duration;
+
+use load::Figure;
+
+pub struct Plan {
+    pub quick: bool,
+    pub duration: Duration,
+    pub clients: Vec<usize>,
+    pub rebuild_events: i64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let plan = Plan {
+        quick,
+        duration: Duration::from_secs(if quick { 2 } else { 10 }),
+        clients: vec![1, 16, 64],
+        rebuild_events: if quick { 20_000 } else { 1_000_000 },
+    };
+    let server = std::env::var("BENCH_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    eprintln!(
+        "connect-ledger bench ({}), PostgreSQL at {server}",
+        if quick { "quick" } else { "full" }
+    );
+
+    let mut figures: Vec<Figure> = Vec::new();
+    let database = service::fresh_database(&server).await?;
+    let pool = connect_ledger::db::connect(&database).await?;
+    connect_ledger::db::migrate(&pool).await?;
+    figures.extend(baselines::raw_inserts(&pool, &plan).await?);
+    figures.extend(baselines::plain_cqrs(&pool, &plan).await?);
+
+    let service = service::Service::start(&database).await?;
+    let idle_rss = service.rss_kib();
+    figures.extend(scenarios::webhooks(&service, &plan).await?);
+    figures.extend(scenarios::refunds(&service, &pool, &plan).await?);
+    let peak_rss = service.peak_rss_kib();
+    figures.extend(scenarios::reads(&service, &plan).await?);
+    let lag = scenarios::projection_lag(&service, &pool, &plan).await?;
+    drop(service);
+    let rebuild = scenarios::rebuild(&server, &plan).await?;
+
+    println!();
+    println!("| scenario | clients | throughput (/s) | p50 (ms) | p99 (ms) | vs baseline |");
+    println!("|---|---:|---:|---:|---:|---|");
+    for figure in &figures {
+        let ratio = figure
+            .baseline
+            .and_then(|name| {
+                figures
+                    .iter()
+                    .find(|f| f.name == name && f.clients == figure.clients)
+            })
+            .map(|base| {
+                format!(
+                    "{:.2}× {}",
+                    figure.per_second / base.per_second.max(1e-9),
+                    base.name
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            figure.name, figure.clients, figure.per_second, figure.p50_ms, figure.p99_ms, ratio
+        );
+    }
+    println!();
+    println!(
+        "| projection lag (refunds table, {} clients refunding) | p50 {:.1} ms | p99 {:.1} ms | {} rows |",
+        lag.clients, lag.p50_ms, lag.p99_ms, lag.rows
+    );
+    println!(
+        "| rebuild of all projections | {} events | {:.1} s | {:.0} events/s |",
+        rebuild.events,
+        rebuild.seconds,
+        rebuild.events as f64 / rebuild.seconds.max(1e-9)
+    );
+    println!(
+        "| service memory | idle {:.1} MiB | peak {:.1} MiB (VmHWM) | |",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    Ok(())
+}

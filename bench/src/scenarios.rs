@@ -1,0 +1,207 @@
+//! The service's figures: webhook ingestion, refunds to `succeeded`, reads, projection lag,
+//! rebuild throughput.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use connect_ledger::webhooks::signature::sign;
+use ledger_projections::rebuild::rebuild as rebuild_projection;
+use sqlx::PgPool;
+
+use crate::baselines::{CQRS, RAW};
+use crate::load::{run, Figure};
+use crate::service::{fresh_database, Service, ACCOUNT, TOKEN, WEBHOOK_SECRET};
+use crate::Plan;
+
+pub async fn webhooks(service: &Service, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for &clients in &plan.clients {
+        let (http, url) = (
+            service.http.clone(),
+            format!("{}/api/stripe/webhooks", service.base),
+        );
+        figures.push(
+            run("webhook ingestion (verified+stored)", Some(RAW), clients, plan.duration, 1.0, move |client, n| {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let body = serde_json::to_vec(&serde_json::json!({
+                        "id": format!("evt_bench_{clients}_{client}_{n}"), "object": "event", "type": "customer.created",
+                        "created": chrono::Utc::now().timestamp(), "livemode": false, "api_version": "2026-09-30.endive",
+                        "data": {"object": {"id": format!("cus_{n}"), "object": "customer"}}
+                    }))?;
+                    let signature = sign(&body, WEBHOOK_SECRET, chrono::Utc::now().timestamp());
+                    let response = http.post(&url).header("Stripe-Signature", signature).body(body).send().await?;
+                    anyhow::ensure!(response.status() == 200, "webhook: {}", response.status());
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+    }
+    Ok(figures)
+}
+
+async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Refunds through to `succeeded`, one charge per client so clients do not contend.
+async fn refund_load(
+    service: &Service,
+    plan: &Plan,
+    clients: usize,
+    tag: &'static str,
+) -> anyhow::Result<Figure> {
+    let charges: Arc<Vec<String>> = Arc::new(
+        (0..clients)
+            .map(|_| {
+                service
+                    .stripe
+                    .create_charge(ACCOUNT, 1_000_000_000_000, "usd")
+            })
+            .collect(),
+    );
+    let (http, url) = (service.http.clone(), format!("{}/v1/refunds", service.base));
+    run(tag, None, clients, plan.duration, 1.0, move |client, n| {
+        let (http, url, charges) = (http.clone(), url.clone(), Arc::clone(&charges));
+        async move {
+            let response = http
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .json(&serde_json::json!({"app": "bench", "purchase_id": format!("p{clients}-{client}"),
+                    "charge_id": charges[client], "approval_id": format!("a{n}"), "amount": 1, "requested_by": "bench"}))
+                .send()
+                .await?;
+            anyhow::ensure!(response.status() == 201, "refund: {}", response.status());
+            let body: serde_json::Value = response.json().await?;
+            anyhow::ensure!(body["status"] == "succeeded", "refund status {}", body["status"]);
+            Ok(())
+        }
+    })
+    .await
+}
+
+pub async fn refunds(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for &clients in &plan.clients {
+        let before = event_count(pool).await?;
+        let started = Instant::now();
+        let figure = refund_load(service, plan, clients, "refunds (POST → succeeded)").await?;
+        let events = (event_count(pool).await? - before) as f64 / started.elapsed().as_secs_f64();
+        figures.push(figure.clone());
+        figures.push(Figure {
+            name: "refund events written",
+            per_second: events,
+            baseline: Some(CQRS),
+            ..figure
+        });
+    }
+    Ok(figures)
+}
+
+pub async fn reads(service: &Service, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for (name, path) in [
+        ("GET /v1/apps/{slug}", "/v1/apps/bench"),
+        ("GET /v1/audit?limit=100", "/v1/audit?limit=100"),
+    ] {
+        for &clients in &plan.clients {
+            let (http, url) = (service.http.clone(), format!("{}{path}", service.base));
+            figures.push(
+                run(name, None, clients, plan.duration, 1.0, move |_, _| {
+                    let (http, url) = (http.clone(), url.clone());
+                    async move {
+                        let response = http.get(&url).bearer_auth(TOKEN).send().await?;
+                        anyhow::ensure!(response.status() == 200, "read: {}", response.status());
+                        response.bytes().await?;
+                        Ok(())
+                    }
+                })
+                .await?,
+            );
+        }
+    }
+    Ok(figures)
+}
+
+pub struct Lag {
+    pub clients: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub rows: i64,
+}
+
+/// Time from a refund's last event commit to its row in `refunds`, under half the largest load.
+pub async fn projection_lag(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Lag> {
+    let clients = plan.clients.iter().max().copied().unwrap_or(64) / 2;
+    let started: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    refund_load(service, plan, clients, "refunds (lag probe load)").await?;
+    let (p50, p99, rows): (Option<f64>, Option<f64>, i64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), count(*) \
+         FROM (SELECT EXTRACT(EPOCH FROM projected_at - updated_at) * 1000 AS ms FROM refunds \
+               WHERE created_at >= $1 AND status = 'succeeded') lag",
+    )
+    .bind(started)
+    .fetch_one(pool)
+    .await?;
+    Ok(Lag {
+        clients,
+        p50_ms: p50.unwrap_or(0.0),
+        p99_ms: p99.unwrap_or(0.0),
+        rows,
+    })
+}
+
+pub struct Rebuild {
+    pub events: i64,
+    pub seconds: f64,
+}
+
+/// Stores `plan.rebuild_events` events (refund lifecycles of four events each), then rebuilds
+/// every projection from them.
+pub async fn rebuild(server: &str, plan: &Plan) -> anyhow::Result<Rebuild> {
+    let database = fresh_database(server).await?;
+    let pool = connect_ledger::db::connect(&database).await?;
+    connect_ledger::db::migrate(&pool).await?;
+    let charges = plan.rebuild_events / 4;
+    eprintln!("  storing {} events for the rebuild…", charges * 4);
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT 'ChargeLedger', 'ch_' || c, s.seq, s.kind, '1.0', \
+           CASE s.seq \
+             WHEN 1 THEN json_build_object('ChargeObserved', json_build_object('charge', json_build_object('app', 'bench', \
+               'stripe_account_id', 'acct_bench', 'amount', 1000, 'currency', 'usd', 'amount_refunded', 0, 'disputed', false))) \
+             WHEN 2 THEN json_build_object('RefundRequested', json_build_object('refund_id', 'rf_' || c, \
+               'idempotency_key', 'refund:p' || c || ':a', 'purchase_id', 'p' || c, 'approval_id', 'a', \
+               'requested_amount', 500, 'amount', 500, 'currency', 'usd', 'reason', 'requested_by_customer', 'requested_by', 'bench')) \
+             WHEN 3 THEN json_build_object('RefundSubmitted', json_build_object('refund_id', 'rf_' || c, 'attempt', 1)) \
+             ELSE json_build_object('RefundStatusChanged', json_build_object('refund_id', 'rf_' || c, \
+               'stripe_refund_id', 're_' || c, 'status', 'succeeded', 'failure_reason', null)) END, \
+           json_build_object('actor', 'bench', 'source', 'system', 'correlation_id', 'bench', 'recorded_at', now()) \
+         FROM generate_series(1, $1) c, \
+           (VALUES (1, 'ChargeObserved'), (2, 'RefundRequested'), (3, 'RefundSubmitted'), (4, 'RefundStatusChanged')) s(seq, kind) \
+         ORDER BY c, s.seq",
+    )
+    .bind(charges)
+    .execute(&pool)
+    .await?;
+    let events = charges * 4;
+    let started = Instant::now();
+    for projection in connect_ledger::startup::projections() {
+        let name = projection.name().to_owned();
+        let t = Instant::now();
+        let report = rebuild_projection(&pool, projection, |_| {}).await?;
+        eprintln!(
+            "  rebuild {name:<8} {:>8} events in {:>6.1} s",
+            report.events,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Rebuild {
+        events,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
