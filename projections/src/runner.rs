@@ -28,6 +28,8 @@ use crate::{ProjectionError, StoredEvent};
 const BATCH_SIZE: i64 = 500;
 /// How often an idle runner looks for events written by other instances.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How soon a runner looks again when committed events wait behind an open transaction.
+const BLOCKED_RETRY: Duration = Duration::from_millis(2);
 /// How long a failing projection waits before trying again.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -198,6 +200,24 @@ impl ProjectionRunner {
         Ok(lags)
     }
 
+    /// Whether committed events of its types lie beyond the projection's checkpoint.
+    async fn has_unapplied(&self, projection: &dyn Projection) -> Result<bool, ProjectionError> {
+        let types: Vec<String> = projection
+            .aggregate_types()
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect();
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events e, projection_checkpoints c WHERE c.name = $1 \
+               AND e.aggregate_type = ANY($2) \
+               AND (e.transaction_id, e.global_position) > (c.last_transaction_id, c.last_position))",
+        )
+        .bind(projection.name())
+        .bind(&types)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// The place of the latest event of one aggregate, if it has any.
     pub async fn latest_of(
         &self,
@@ -243,7 +263,7 @@ impl ProjectionRunner {
                 }
                 self.nudge();
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
+                pause = (pause * 2).min(Duration::from_millis(4));
             }
         }
         Ok(true)
@@ -265,7 +285,13 @@ impl ProjectionRunner {
             let notified = self.wake.notified();
             match self.catch_up(projection.as_ref()).await {
                 Ok(_) => {
-                    let _ = tokio::time::timeout(IDLE_POLL, notified).await;
+                    // Committed events can wait behind a transaction still open below them (often
+                    // another projection's own): look again soon rather than at the next poll.
+                    let wait = match self.has_unapplied(projection.as_ref()).await {
+                        Ok(true) => BLOCKED_RETRY,
+                        _ => IDLE_POLL,
+                    };
+                    let _ = tokio::time::timeout(wait, notified).await;
                 }
                 Err(error) => {
                     tracing::error!(projection = projection.name(), %error, "projection failed; retrying");

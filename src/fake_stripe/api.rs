@@ -78,13 +78,8 @@ pub(crate) struct SavedAnswer {
     body: Value,
 }
 
-pub(super) fn stripe_error(
-    status: StatusCode,
-    kind: &str,
-    code: Option<&str>,
-    param: Option<&str>,
-    message: &str,
-) -> Response {
+/// Stripe's error object.
+fn error_body(kind: &str, code: Option<&str>, param: Option<&str>, message: &str) -> Value {
     let mut error = json!({"type": kind, "message": message});
     if let Some(code) = code {
         error["code"] = json!(code);
@@ -92,7 +87,17 @@ pub(super) fn stripe_error(
     if let Some(param) = param {
         error["param"] = json!(param);
     }
-    (status, Json(json!({"error": error}))).into_response()
+    json!({ "error": error })
+}
+
+pub(super) fn stripe_error(
+    status: StatusCode,
+    kind: &str,
+    code: Option<&str>,
+    param: Option<&str>,
+    message: &str,
+) -> Response {
+    (status, Json(error_body(kind, code, param, message))).into_response()
 }
 
 pub(super) fn charge_json(id: &str, charge: &FakeCharge) -> Value {
@@ -277,14 +282,7 @@ fn execute_refund(
 ) -> (StatusCode, Value) {
     let error =
         |status: StatusCode, kind: &str, code: Option<&str>, param: Option<&str>, message: &str| {
-            let mut error = json!({"type": kind, "message": message});
-            if let Some(code) = code {
-                error["code"] = json!(code);
-            }
-            if let Some(param) = param {
-                error["param"] = json!(param);
-            }
-            (status, json!({"error": error}))
+            (status, error_body(kind, code, param, message))
         };
     if state.revoked_accounts.contains(account) {
         return error(

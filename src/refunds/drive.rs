@@ -21,12 +21,7 @@ pub const APP_NOT_AUTHORIZED: &str = "app_not_authorized";
 fn answer_of(refund: &Refund) -> StripeRefundAnswer {
     StripeRefundAnswer {
         stripe_refund_id: refund.id.clone(),
-        // An unknown status is treated as still in flight: it keeps holding the money.
-        status: refund
-            .status
-            .as_deref()
-            .and_then(RefundStatus::parse)
-            .unwrap_or(RefundStatus::Pending),
+        status: refund.ledger_status(),
         failure_reason: refund.failure_reason.clone(),
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use ledger_aggregates::charge_ledger::RefundStatus;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -40,7 +41,7 @@ impl Charge {
     }
 }
 
-/// A refund, as much of it as the ledger reads.
+/// A refund, as much of it as the ledger reads (see [`Refund::ledger_status`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Refund {
     pub id: String,
@@ -53,6 +54,17 @@ pub struct Refund {
     pub failure_reason: Option<String>,
     #[serde(default)]
     pub metadata: HashMap<String, String>,
+}
+
+impl Refund {
+    /// Stripe's status in the ledger's terms; an unknown one counts as still in flight, so it keeps
+    /// holding its money.
+    pub fn ledger_status(&self) -> RefundStatus {
+        self.status
+            .as_deref()
+            .and_then(RefundStatus::parse)
+            .unwrap_or(RefundStatus::Pending)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,24 +245,7 @@ impl StripeApi {
         account: &str,
         charge: &str,
     ) -> Result<Vec<Refund>, StripeCallError> {
-        let mut all: Vec<Refund> = Vec::new();
-        loop {
-            let mut list = ListRefund::new().charge(charge).limit(100);
-            if let Some(last) = all.last() {
-                list = list.starting_after(last.id.clone());
-            }
-            let request = list.build();
-            let page: ListPage<Refund> = self
-                .with_retries("refunds.list", Some(account), None, || {
-                    request_clone(&request)
-                })
-                .await?;
-            let more = page.has_more && !page.data.is_empty();
-            all.extend(page.data);
-            if !more {
-                return Ok(all);
-            }
-        }
+        self.all_refunds(account, |list| list.charge(charge)).await
     }
 
     /// `GET /v1/refunds` on a connected account: every refund, optionally created since `since`.
@@ -259,15 +254,25 @@ impl StripeApi {
         account: &str,
         since: Option<i64>,
     ) -> Result<Vec<Refund>, StripeCallError> {
+        self.all_refunds(account, |list| match since {
+            Some(since) => list.created(RangeQueryTs::Bounds(RangeBoundsTs {
+                gte: Some(since),
+                ..RangeBoundsTs::default()
+            })),
+            None => list,
+        })
+        .await
+    }
+
+    /// Every page of a refund list narrowed by `filter`.
+    async fn all_refunds(
+        &self,
+        account: &str,
+        filter: impl Fn(ListRefund) -> ListRefund,
+    ) -> Result<Vec<Refund>, StripeCallError> {
         let mut all: Vec<Refund> = Vec::new();
         loop {
-            let mut list = ListRefund::new().limit(100);
-            if let Some(since) = since {
-                list = list.created(RangeQueryTs::Bounds(RangeBoundsTs {
-                    gte: Some(since),
-                    ..RangeBoundsTs::default()
-                }));
-            }
+            let mut list = filter(ListRefund::new().limit(100));
             if let Some(last) = all.last() {
                 list = list.starting_after(last.id.clone());
             }

@@ -45,11 +45,7 @@ fn refund_facts_of(refund: &Refund) -> StripeRefundFacts {
     StripeRefundFacts {
         stripe_refund_id: refund.id.clone(),
         amount: refund.amount,
-        status: refund
-            .status
-            .as_deref()
-            .and_then(RefundStatus::parse)
-            .unwrap_or(RefundStatus::Pending),
+        status: refund.ledger_status(),
         failure_reason: refund.failure_reason.clone(),
         ledger_refund_id: refund.metadata.get(METADATA_REFUND_ID).cloned(),
     }
