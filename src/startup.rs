@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use ledger_projections::apps::AppsProjection;
 use ledger_projections::audit::AuditProjection;
 use ledger_projections::refunds::RefundsProjection;
@@ -149,7 +150,11 @@ impl Application {
         let worker = tokio::spawn(Arc::clone(&self.refunds).run_worker(stop_rx.clone()));
         let inbox = tokio::spawn(Arc::clone(&self.webhooks).run(stop_rx.clone()));
         tracing::info!("listening on {}", self.listener.local_addr()?);
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        // Small JSON answers must not wait for Nagle's algorithm.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let serve = axum::serve(listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down");
         });
