@@ -15,6 +15,7 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::render))
+        .route("/openapi.json", get(super::openapi::serve))
 }
 
 async fn healthz() -> Json<Value> {

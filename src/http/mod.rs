@@ -8,6 +8,7 @@ pub mod context;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod refunds;
 pub mod state;
 pub mod webhooks;

@@ -110,3 +110,34 @@ async fn metrics_count_requests_and_show_projection_lag() {
     assert!(after.contains("webhook_inbox_depth"));
     assert!(after.contains("http_request_duration_seconds_bucket"));
 }
+
+#[tokio::test]
+async fn the_openapi_document_covers_the_contract() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .request(Method::GET, "/openapi.json", None, None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/apps",
+        "/v1/apps/{slug}",
+        "/v1/apps/{slug}/connect",
+        "/v1/apps/{slug}/disconnect",
+        "/api/stripe/connect/callback",
+        "/v1/refunds",
+        "/v1/refunds/{id}",
+        "/v1/charges/{charge_id}",
+        "/api/stripe/webhooks",
+        "/v1/audit",
+        "/v1/audit/verify",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path}");
+    }
+}
