@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Settings;
 
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "connect-ledger",
     version,

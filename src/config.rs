@@ -11,8 +11,9 @@ use url::Url;
 use crate::http::auth::TokenRegistry;
 use crate::stripe::RetryPolicy;
 
-/// Raw settings as clap reads them from flags and environment variables.
-#[derive(Debug, Clone, clap::Args)]
+/// Raw settings as clap reads them from flags and environment variables. Deliberately not
+/// `Debug`: it holds secrets in clear until validated into [`Config`].
+#[derive(Clone, clap::Args)]
 pub struct Settings {
     /// PostgreSQL URL; unset runs an embedded PostgreSQL under LEDGER_DATA_DIR.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]

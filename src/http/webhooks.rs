@@ -1,6 +1,7 @@
 //! `POST /api/stripe/webhooks` (Stripe's delivery) and the operators' inbox endpoints.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -43,8 +44,16 @@ fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
 async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|rejection| {
+        let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "invalid_body"
+        };
+        ApiError::new(rejection.status(), code, rejection.body_text())
+    })?;
     let header = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok());

@@ -635,3 +635,16 @@ async fn a_thousand_events_delivered_five_times_shuffled_are_processed_once() {
     settle_inbox(&ordered, 1000).await;
     assert_eq!(ledger_state(&shuffled).await, ledger_state(&ordered).await);
 }
+
+#[tokio::test]
+async fn an_oversized_delivery_is_413_in_the_error_shape_and_stores_nothing() {
+    let app = spawn_app().await;
+    let body = vec![b' '; 1024 * 1024 + 1];
+    let response = app
+        .deliver_raw(&body, Some(&sign(&body, SECRET, now())))
+        .await;
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "payload_too_large");
+    assert_eq!(app.inbox_count().await, 0);
+}
