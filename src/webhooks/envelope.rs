@@ -57,6 +57,14 @@ pub fn id_of(value: &serde_json::Value, field: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Arbitrary bytes are refused or parsed, never a panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = EventEnvelope::parse(&body);
+        }
+    }
+
     #[test]
     fn events_parse_leniently_and_garbage_does_not() {
         let event = EventEnvelope::parse(

@@ -163,6 +163,27 @@ mod tests {
         assert!(verify(Some(&both), body, &secrets(&["whsec_new"]), 60).is_ok());
     }
 
+    proptest::proptest! {
+        /// Any header and body: an answer, never a panic; a forged header never verifies.
+        #[test]
+        fn arbitrary_headers_never_panic_or_pass(header in ".{0,200}", body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let s = secrets(&["whsec_fuzz"]);
+            let _ = parse_header(&header);
+            proptest::prop_assert!(verify(Some(&header), &body, &s, 1_000).is_err());
+        }
+
+        /// Whatever the payload and secret, our own signature verifies and a changed byte does not.
+        #[test]
+        fn signatures_round_trip(body in proptest::collection::vec(proptest::num::u8::ANY, 1..512), secret in "[a-zA-Z0-9_]{1,40}", t in 0i64..4_000_000_000) {
+            let header = sign(&body, &secret, t);
+            let s = secrets(&[secret.as_str()]);
+            proptest::prop_assert_eq!(verify(Some(&header), &body, &s, t), Ok(t));
+            let mut changed = body.clone();
+            changed[0] ^= 1;
+            proptest::prop_assert_eq!(verify(Some(&header), &changed, &s, t), Err(SignatureError::Mismatch));
+        }
+    }
+
     #[test]
     fn stale_missing_and_garbage_headers_are_refused() {
         let body = b"{}";
