@@ -81,6 +81,10 @@ impl Projection for AuditProjection {
         &[APP_CONNECTION, CHARGE_LEDGER]
     }
 
+    fn read_your_writes(&self) -> bool {
+        false
+    }
+
     fn tables(&self) -> Vec<String> {
         vec![self.table.clone()]
     }

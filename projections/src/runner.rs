@@ -40,6 +40,11 @@ pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// The aggregate types whose events it reads.
     fn aggregate_types(&self) -> &[&'static str];
+    /// Whether commands wait for it before answering (read-your-writes). The audit log does not
+    /// serve command answers, so commands need not wait for it.
+    fn read_your_writes(&self) -> bool {
+        true
+    }
     /// The tables it writes (rebuilt aside, then swapped in).
     fn tables(&self) -> Vec<String>;
     /// The same projection writing to `rebuild_`-prefixed tables under its own checkpoint.
@@ -238,8 +243,8 @@ impl ProjectionRunner {
         }))
     }
 
-    /// Waits until every projection reading `aggregate_type` has applied the aggregate's latest
-    /// event (read-your-writes for the HTTP API). Returns false on timeout.
+    /// Waits until every read-your-writes projection reading `aggregate_type` has applied the
+    /// aggregate's latest event (for the HTTP API's answers). Returns false on timeout.
     pub async fn wait_for_aggregate(
         &self,
         aggregate_type: &str,
@@ -254,7 +259,7 @@ impl ProjectionRunner {
         for projection in self
             .projections
             .iter()
-            .filter(|p| p.aggregate_types().contains(&aggregate_type))
+            .filter(|p| p.read_your_writes() && p.aggregate_types().contains(&aggregate_type))
         {
             let mut pause = Duration::from_millis(1);
             while self.checkpoint(projection.name()).await? < target {
