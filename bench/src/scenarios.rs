@@ -41,6 +41,24 @@ pub async fn webhooks(service: &Service, plan: &Plan) -> anyhow::Result<Vec<Figu
     Ok(figures)
 }
 
+/// Waits (at most five minutes) until the webhook worker has processed every stored event;
+/// returns the seconds it took.
+pub async fn drain_inbox(pool: &PgPool) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(300) {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_events WHERE status IN ('pending', 'processing', 'failed')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
