@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde_json::{json, Value};
 
-use super::{apply_fault, check_key, record, FakeState};
+use super::{admit, apply_fault, check_key, record, FakeState};
 
 type Shared = Arc<Mutex<FakeState>>;
 
@@ -165,18 +165,16 @@ async fn retrieve_charge(
     headers: HeaderMap,
 ) -> Response {
     let path = format!("/v1/charges/{id}");
-    let fault = record(
+    if let Err(response) = admit(
         &state,
         "charges.retrieve",
         "GET",
         &path,
         &headers,
         Vec::new(),
-    );
-    if let Some(response) = apply_fault(fault).await {
-        return response;
-    }
-    if let Some(response) = check_key(&headers) {
+    )
+    .await
+    {
         return response;
     }
     let account = account_of(&headers);
@@ -385,18 +383,16 @@ async fn list_refunds(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let fault = record(
+    if let Err(response) = admit(
         &state,
         "refunds.list",
         "GET",
         "/v1/refunds",
         &headers,
         Vec::new(),
-    );
-    if let Some(response) = apply_fault(fault).await {
-        return response;
-    }
-    if let Some(response) = check_key(&headers) {
+    )
+    .await
+    {
         return response;
     }
     let account = account_of(&headers);
@@ -426,18 +422,16 @@ async fn list_events(
     headers: HeaderMap,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    let fault = record(
+    if let Err(response) = admit(
         &state,
         "events.list",
         "GET",
         "/v1/events",
         &headers,
         Vec::new(),
-    );
-    if let Some(response) = apply_fault(fault).await {
-        return response;
-    }
-    if let Some(response) = check_key(&headers) {
+    )
+    .await
+    {
         return response;
     }
     let account = headers

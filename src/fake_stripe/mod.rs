@@ -356,6 +356,26 @@ pub(crate) async fn apply_fault(fault: Option<Fault>) -> Option<Response> {
     }
 }
 
+/// Records a request, applies the fault scripted for it and checks the platform key: `Err` holds
+/// the response to send instead of the normal one.
+pub(crate) async fn admit(
+    state: &Mutex<FakeState>,
+    endpoint: &'static str,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+    form: Vec<(String, String)>,
+) -> Result<(), Response> {
+    let fault = record(state, endpoint, method, path, headers, form);
+    if let Some(response) = apply_fault(fault).await {
+        return Err(response);
+    }
+    match check_key(headers) {
+        Some(response) => Err(response),
+        None => Ok(()),
+    }
+}
+
 /// Checks the platform key; `Some(401)` when it is wrong.
 pub(crate) fn check_key(headers: &HeaderMap) -> Option<Response> {
     let expected = format!("Bearer {FAKE_SECRET_KEY}");

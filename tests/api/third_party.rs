@@ -98,6 +98,38 @@ impl Drop for ExternalFake {
     }
 }
 
+/// A card payment through a PaymentIntent on localstripe; returns the succeeded intent.
+async fn pay_with_card(fake: &ExternalFake, amount: &str) -> Value {
+    let method = fake
+        .post(
+            "/v1/payment_methods",
+            None,
+            &[
+                ("type", "card"),
+                ("card[number]", "4242424242424242"),
+                ("card[exp_month]", "12"),
+                ("card[exp_year]", "2030"),
+                ("card[cvc]", "123"),
+            ],
+        )
+        .await;
+    let intent = fake
+        .post(
+            "/v1/payment_intents",
+            None,
+            &[
+                ("amount", amount),
+                ("currency", "usd"),
+                ("payment_method", method["id"].as_str().expect("pm")),
+                ("confirm", "true"),
+                ("payment_method_types[]", "card"),
+            ],
+        )
+        .await;
+    assert_eq!(intent["status"], "succeeded", "{intent}");
+    intent
+}
+
 /// The service with its REST calls going to `api` and Connect OAuth to our own fake.
 async fn service_against(api: &ExternalFake) -> TestApp {
     let oauth = FakeStripe::start().await.expect("connect fake");
@@ -232,33 +264,7 @@ async fn stripe_stateful_mock_refunds_on_a_connected_account() {
 async fn localstripe_refunds_a_payment_intent_charge() {
     let fake = ExternalFake::start("python3", "localstripe_server.py");
     let app = service_against(&fake).await;
-    let method = fake
-        .post(
-            "/v1/payment_methods",
-            None,
-            &[
-                ("type", "card"),
-                ("card[number]", "4242424242424242"),
-                ("card[exp_month]", "12"),
-                ("card[exp_year]", "2030"),
-                ("card[cvc]", "123"),
-            ],
-        )
-        .await;
-    let intent = fake
-        .post(
-            "/v1/payment_intents",
-            None,
-            &[
-                ("amount", "2000"),
-                ("currency", "usd"),
-                ("payment_method", method["id"].as_str().expect("pm")),
-                ("confirm", "true"),
-                ("payment_method_types[]", "card"),
-            ],
-        )
-        .await;
-    assert_eq!(intent["status"], "succeeded");
+    let intent = pay_with_card(&fake, "2000").await;
     let charge = intent["charges"]["data"][0]["id"]
         .as_str()
         .expect("charge")
@@ -300,31 +306,7 @@ async fn localstripe_signs_and_sends_events_that_are_stored_once() {
     assert!(registered.status().is_success(), "{}", registered.status());
     fake.post("/v1/customers", None, &[("email", "buyer@example.com")])
         .await;
-    let method = fake
-        .post(
-            "/v1/payment_methods",
-            None,
-            &[
-                ("type", "card"),
-                ("card[number]", "4242424242424242"),
-                ("card[exp_month]", "12"),
-                ("card[exp_year]", "2030"),
-                ("card[cvc]", "123"),
-            ],
-        )
-        .await;
-    fake.post(
-        "/v1/payment_intents",
-        None,
-        &[
-            ("amount", "900"),
-            ("currency", "usd"),
-            ("payment_method", method["id"].as_str().expect("pm")),
-            ("confirm", "true"),
-            ("payment_method_types[]", "card"),
-        ],
-    )
-    .await;
+    pay_with_card(&fake, "900").await;
     let mut rows: Vec<(String, String)> = Vec::new();
     for _ in 0..200 {
         rows = sqlx::query_as("SELECT event_type, status FROM webhook_events ORDER BY received_at")
