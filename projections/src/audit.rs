@@ -6,6 +6,7 @@
 //! slipped in behind the chain breaks it at the first affected position. To also catch someone who
 //! rewrites the chain itself, keep the `head` hash that `verify` reports somewhere else.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -99,76 +100,202 @@ impl Projection for AuditProjection {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &StoredEvent,
+        events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
         let table = &self.table;
-        let (position, previous): (i64, String) = sqlx::query_as(&format!(
+        let (mut position, mut previous): (i64, String) = sqlx::query_as(&format!(
             "SELECT position, hash FROM {table} ORDER BY position DESC LIMIT 1"
         ))
         .fetch_optional(&mut *conn)
         .await?
         .unwrap_or((0, GENESIS.to_owned()));
-        let fields = inner(&event.payload);
-        let meta = event.metadata.as_object();
-        let meta_text = |key: &str| {
-            meta.and_then(|m| m.get(key))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let refund_id = text(fields, "refund_id");
-        let mut purchase_id = text(fields, "purchase_id");
-        let mut charge_id = None;
-        let mut app: Option<String> = Some(event.aggregate_id.clone());
-        if event.aggregate_type != APP_CONNECTION {
-            charge_id = Some(event.aggregate_id.clone());
-            app = fields
-                .and_then(|f| f.get("charge"))
-                .and_then(|c| c.get("app"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if app.is_none() {
-                app = sqlx::query_scalar(&format!(
-                    "SELECT app FROM {table} WHERE charge_id = $1 AND app IS NOT NULL LIMIT 1"
-                ))
-                .bind(&event.aggregate_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            }
-            if purchase_id.is_none() {
+        let mut known = self.known_links(conn, events).await?;
+        let mut rows = EntryColumns::with_capacity(events.len());
+        for event in events {
+            let fields = inner(&event.payload);
+            let meta = event.metadata.as_object();
+            let meta_text = |key: &str| {
+                meta.and_then(|m| m.get(key))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            let refund_id = text(fields, "refund_id");
+            let mut purchase_id = text(fields, "purchase_id");
+            let mut charge_id = None;
+            let mut app: Option<String> = Some(event.aggregate_id.clone());
+            if event.aggregate_type != APP_CONNECTION {
+                charge_id = Some(event.aggregate_id.clone());
+                app = charge_app(fields);
+                match &app {
+                    Some(app) => {
+                        known
+                            .app_of_charge
+                            .entry(event.aggregate_id.clone())
+                            .or_insert_with(|| app.clone());
+                    }
+                    None => app = known.app_of_charge.get(&event.aggregate_id).cloned(),
+                }
                 if let Some(refund) = &refund_id {
-                    purchase_id = sqlx::query_scalar(&format!(
-                        "SELECT purchase_id FROM {table} WHERE refund_id = $1 AND purchase_id IS NOT NULL LIMIT 1"
-                    ))
-                    .bind(refund)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+                    match &purchase_id {
+                        Some(purchase) => {
+                            known
+                                .purchase_of_refund
+                                .entry(refund.clone())
+                                .or_insert_with(|| purchase.clone());
+                        }
+                        None => purchase_id = known.purchase_of_refund.get(refund).cloned(),
+                    }
                 }
             }
+            position += 1;
+            previous = entry_hash(&previous, event);
+            rows.position.push(position);
+            rows.global_position.push(event.global_position);
+            rows.recorded_at.push(event.recorded_at);
+            rows.aggregate_type.push(event.aggregate_type.as_str());
+            rows.aggregate_id.push(event.aggregate_id.as_str());
+            rows.sequence.push(event.sequence);
+            rows.event_type.push(event.event_type.as_str());
+            rows.source
+                .push(meta_text("source").unwrap_or_else(|| "system".to_owned()));
+            rows.actor.push(meta_text("actor").unwrap_or_default());
+            rows.correlation_id.push(meta_text("correlation_id"));
+            rows.stripe_event_id.push(meta_text("stripe_event_id"));
+            rows.app.push(app);
+            rows.purchase_id.push(purchase_id);
+            rows.charge_id.push(charge_id);
+            rows.refund_id.push(refund_id);
+            rows.hash.push(previous.clone());
         }
         sqlx::query(&format!(
             "INSERT INTO {table} (position, global_position, recorded_at, aggregate_type, aggregate_id, sequence, \
                event_type, source, actor, correlation_id, stripe_event_id, app, purchase_id, charge_id, refund_id, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[], $6::int8[], \
+               $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
+               $15::text[], $16::text[])"
         ))
-        .bind(position + 1)
-        .bind(event.global_position)
-        .bind(event.recorded_at)
-        .bind(&event.aggregate_type)
-        .bind(&event.aggregate_id)
-        .bind(event.sequence)
-        .bind(&event.event_type)
-        .bind(meta_text("source").unwrap_or_else(|| "system".to_owned()))
-        .bind(meta_text("actor").unwrap_or_default())
-        .bind(meta_text("correlation_id"))
-        .bind(meta_text("stripe_event_id"))
-        .bind(app)
-        .bind(purchase_id)
-        .bind(charge_id)
-        .bind(refund_id)
-        .bind(entry_hash(&previous, event))
+        .bind(rows.position)
+        .bind(rows.global_position)
+        .bind(rows.recorded_at)
+        .bind(rows.aggregate_type)
+        .bind(rows.aggregate_id)
+        .bind(rows.sequence)
+        .bind(rows.event_type)
+        .bind(rows.source)
+        .bind(rows.actor)
+        .bind(rows.correlation_id)
+        .bind(rows.stripe_event_id)
+        .bind(rows.app)
+        .bind(rows.purchase_id)
+        .bind(rows.charge_id)
+        .bind(rows.refund_id)
+        .bind(rows.hash)
         .execute(&mut *conn)
         .await?;
         Ok(())
+    }
+}
+
+/// The app of a charge's events, when the event names it (`ChargeObserved`).
+fn charge_app(fields: Option<&serde_json::Map<String, Value>>) -> Option<String> {
+    fields?
+        .get("charge")?
+        .get("app")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// What earlier entries say about the charges and refunds of a batch, for events that do not
+/// carry their app or purchase themselves.
+#[derive(Default)]
+struct KnownLinks {
+    app_of_charge: HashMap<String, String>,
+    purchase_of_refund: HashMap<String, String>,
+}
+
+impl AuditProjection {
+    /// Reads, in two queries, the links the batch cannot find in its own events.
+    async fn known_links(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<KnownLinks, sqlx::Error> {
+        let table = &self.table;
+        let mut seen_charges = HashSet::new();
+        let mut seen_refunds = HashSet::new();
+        let mut charges = Vec::new();
+        let mut refunds = Vec::new();
+        for event in events.iter().filter(|e| e.aggregate_type != APP_CONNECTION) {
+            let fields = inner(&event.payload);
+            if charge_app(fields).is_some() {
+                seen_charges.insert(event.aggregate_id.as_str());
+            } else if !seen_charges.contains(event.aggregate_id.as_str()) {
+                charges.push(event.aggregate_id.clone());
+            }
+            if let Some(refund) = fields
+                .and_then(|f| f.get("refund_id"))
+                .and_then(Value::as_str)
+            {
+                if text(fields, "purchase_id").is_some() {
+                    seen_refunds.insert(refund);
+                } else if !seen_refunds.contains(refund) {
+                    refunds.push(refund.to_owned());
+                }
+            }
+        }
+        let mut known = KnownLinks::default();
+        if !charges.is_empty() {
+            let found: Vec<(String, String)> = sqlx::query_as(&format!(
+                "SELECT DISTINCT ON (charge_id) charge_id, app FROM {table} \
+                 WHERE charge_id = ANY($1) AND app IS NOT NULL ORDER BY charge_id, position"
+            ))
+            .bind(&charges)
+            .fetch_all(&mut *conn)
+            .await?;
+            known.app_of_charge.extend(found);
+        }
+        if !refunds.is_empty() {
+            let found: Vec<(String, String)> = sqlx::query_as(&format!(
+                "SELECT DISTINCT ON (refund_id) refund_id, purchase_id FROM {table} \
+                 WHERE refund_id = ANY($1) AND purchase_id IS NOT NULL ORDER BY refund_id, position"
+            ))
+            .bind(&refunds)
+            .fetch_all(&mut *conn)
+            .await?;
+            known.purchase_of_refund.extend(found);
+        }
+        Ok(known)
+    }
+}
+
+/// The audit rows of a batch, column by column, for one `INSERT … SELECT FROM UNNEST`.
+#[derive(Default)]
+struct EntryColumns<'a> {
+    position: Vec<i64>,
+    global_position: Vec<i64>,
+    recorded_at: Vec<DateTime<Utc>>,
+    aggregate_type: Vec<&'a str>,
+    aggregate_id: Vec<&'a str>,
+    sequence: Vec<i64>,
+    event_type: Vec<&'a str>,
+    source: Vec<String>,
+    actor: Vec<String>,
+    correlation_id: Vec<Option<String>>,
+    stripe_event_id: Vec<Option<String>>,
+    app: Vec<Option<String>>,
+    purchase_id: Vec<Option<String>>,
+    charge_id: Vec<Option<String>>,
+    refund_id: Vec<Option<String>>,
+    hash: Vec<String>,
+}
+
+impl EntryColumns<'_> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            position: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+            ..Self::default()
+        }
     }
 }
 

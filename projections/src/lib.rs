@@ -11,6 +11,7 @@ pub mod rebuild;
 pub mod refunds;
 pub mod runner;
 pub mod stored_event;
+mod touched;
 
 pub use error::ProjectionError;
 pub use runner::{Checkpoint, Projection, ProjectionRunner};

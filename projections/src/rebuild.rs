@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::runner::{CatchUp, ProjectionRunner};
+use crate::runner::{CatchUp, ProjectionRunner, REBUILD_BATCH_SIZE};
 use crate::{Projection, ProjectionError};
 
 pub const ASIDE_PREFIX: &str = "rebuild_";
@@ -40,11 +40,15 @@ pub async fn rebuild(
         .bind(aside.name())
         .execute(pool)
         .await?;
-    let runner = ProjectionRunner::new(pool.clone(), vec![Arc::clone(&aside)]);
+    let runner = ProjectionRunner::with_batch_size(
+        pool.clone(),
+        vec![Arc::clone(&aside)],
+        REBUILD_BATCH_SIZE,
+    );
     runner.register().await?;
     let mut report = RebuildReport::default();
     loop {
-        match runner.catch_up_batches(aside.as_ref(), 20).await? {
+        match runner.catch_up_batches(aside.as_ref(), 5).await? {
             CatchUp::Applied(n) => {
                 report.events += n;
                 progress(report.events);

@@ -6,6 +6,9 @@ use ledger_aggregates::charge_ledger::{ChargeLedgerEvent, CHARGE_LEDGER};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 
+use std::collections::HashMap;
+
+use crate::touched::Touched;
 use crate::{Projection, ProjectionError, StoredEvent};
 
 /// Writes refunds and charges into `<prefix>refunds` and `<prefix>charges`.
@@ -31,29 +34,6 @@ impl RefundsProjection {
             charges: format!("{prefix}charges"),
             external: format!("{prefix}external_refunds"),
         }
-    }
-
-    /// Re-derives the charge's sums from its refunds.
-    async fn recompute(&self, conn: &mut PgConnection, charge_id: &str) -> Result<(), sqlx::Error> {
-        let (refunds, charges, external) = (&self.refunds, &self.charges, &self.external);
-        sqlx::query(&format!(
-            "UPDATE {charges} c SET \
-               refunded = s.refunded + e.refunded, pending = s.pending + e.pending, unanswered = s.unanswered \
-             FROM (SELECT \
-               COALESCE(SUM(amount) FILTER (WHERE status = 'succeeded'), 0) AS refunded, \
-               COALESCE(SUM(amount) FILTER (WHERE status IN ('requested', 'pending', 'requires_action')), 0) AS pending, \
-               COALESCE(SUM(amount) FILTER (WHERE status = 'requested'), 0) AS unanswered \
-               FROM {refunds} WHERE charge_id = $1) s, \
-             (SELECT \
-               COALESCE(SUM(amount) FILTER (WHERE status = 'succeeded'), 0) AS refunded, \
-               COALESCE(SUM(amount) FILTER (WHERE status IN ('requested', 'pending', 'requires_action')), 0) AS pending \
-               FROM {external} WHERE charge_id = $1) e \
-             WHERE c.charge_id = $1"
-        ))
-        .bind(charge_id)
-        .execute(conn)
-        .await?;
-        Ok(())
     }
 }
 
@@ -85,131 +65,397 @@ impl Projection for RefundsProjection {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &StoredEvent,
+        events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
         use ChargeLedgerEvent as E;
-        let (refunds, charges, external) = (&self.refunds, &self.charges, &self.external);
-        let charge_id = event.aggregate_id.as_str();
-        let at = event.recorded_at;
-        let decoded = event.decode::<ChargeLedgerEvent>()?;
-        match decoded {
-            E::ChargeObserved { charge } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {charges} (charge_id, app, stripe_account_id, amount, currency, stripe_refunded, disputed, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (charge_id) DO UPDATE SET amount = EXCLUDED.amount, currency = EXCLUDED.currency, \
-                       stripe_refunded = EXCLUDED.stripe_refunded, disputed = EXCLUDED.disputed, updated_at = EXCLUDED.updated_at"
-                ))
-                .bind(charge_id)
-                .bind(&charge.app)
-                .bind(&charge.stripe_account_id)
-                .bind(charge.amount)
-                .bind(&charge.currency)
-                .bind(charge.amount_refunded)
-                .bind(charge.disputed)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            E::RefundRequested {
-                refund_id,
-                idempotency_key,
-                purchase_id,
-                approval_id,
-                amount,
-                currency,
-                reason,
-                requested_by,
-                ..
-            } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {refunds} (id, app, purchase_id, charge_id, approval_id, amount, currency, reason, status, \
-                       idempotency_key, requested_by, created_at, updated_at) \
-                     SELECT $1, c.app, $2, $3, $4, $5, $6, $7, 'requested', $8, $9, $10, $10 FROM {charges} c WHERE c.charge_id = $3"
-                ))
-                .bind(&refund_id)
-                .bind(purchase_id)
-                .bind(charge_id)
-                .bind(approval_id)
-                .bind(amount)
-                .bind(currency)
-                .bind(reason.as_str())
-                .bind(idempotency_key)
-                .bind(requested_by)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            E::RefundSubmitted { refund_id, attempt } => {
-                sqlx::query(&format!(
-                    "UPDATE {refunds} SET attempts = $2, last_submitted_at = $3, updated_at = $3 WHERE id = $1"
-                ))
-                .bind(refund_id)
-                .bind(attempt as i32)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-                return Ok(());
-            }
-            E::RefundStatusChanged {
-                refund_id,
-                stripe_refund_id,
-                status,
-                failure_reason,
-            } => {
-                sqlx::query(&format!(
-                    "UPDATE {refunds} SET status = $2, stripe_refund_id = COALESCE($3, stripe_refund_id), \
-                       failure_reason = $4, updated_at = $5, projected_at = clock_timestamp() WHERE id = $1"
-                ))
-                .bind(refund_id)
-                .bind(status.as_str())
-                .bind(stripe_refund_id)
-                .bind(failure_reason)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            E::ExternalRefundObserved {
-                stripe_refund_id,
-                amount,
-                status,
-                failure_reason,
-            } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {external} (stripe_refund_id, charge_id, amount, status, failure_reason, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stripe_refund_id) DO UPDATE SET \
-                       amount = EXCLUDED.amount, status = EXCLUDED.status, failure_reason = EXCLUDED.failure_reason, \
-                       updated_at = EXCLUDED.updated_at"
-                ))
-                .bind(stripe_refund_id)
-                .bind(charge_id)
-                .bind(amount)
-                .bind(status.as_str())
-                .bind(failure_reason)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            E::RefundRejected {
-                refund_id,
-                code,
-                message,
-            } => {
-                sqlx::query(&format!(
-                    "UPDATE {refunds} SET status = 'failed', failure_reason = $2, failure_message = $3, updated_at = $4 WHERE id = $1"
-                ))
-                .bind(refund_id)
-                .bind(code)
-                .bind(message)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
+        let mut touched = self.load(conn, events).await?;
+        let Ledgers {
+            charges,
+            refunds,
+            external,
+        } = &mut touched;
+        for event in events {
+            let charge_id = event.aggregate_id.as_str();
+            let at = event.recorded_at;
+            match event.decode::<ChargeLedgerEvent>()? {
+                E::ChargeObserved { charge } => {
+                    let mut fresh = true;
+                    charges.update(charge_id, |row| {
+                        fresh = false;
+                        row.amount = charge.amount;
+                        row.currency = charge.currency.clone();
+                        row.stripe_refunded = charge.amount_refunded;
+                        row.disputed = charge.disputed;
+                        row.updated_at = at;
+                    });
+                    if fresh {
+                        charges.insert_absent(
+                            charge_id.to_owned(),
+                            ChargeRecord {
+                                charge_id: charge_id.to_owned(),
+                                app: charge.app,
+                                stripe_account_id: charge.stripe_account_id,
+                                amount: charge.amount,
+                                currency: charge.currency,
+                                refunded: 0,
+                                pending: 0,
+                                unanswered: 0,
+                                stripe_refunded: charge.amount_refunded,
+                                disputed: charge.disputed,
+                                updated_at: at,
+                            },
+                        );
+                    }
+                }
+                E::RefundRequested {
+                    refund_id,
+                    idempotency_key,
+                    purchase_id,
+                    approval_id,
+                    amount,
+                    currency,
+                    reason,
+                    requested_by,
+                    ..
+                } => {
+                    // A refund is listed under its charge's app; without the charge it is not.
+                    let Some(app) = charges.get(charge_id).map(|c| c.app.clone()) else {
+                        continue;
+                    };
+                    refunds.insert_absent(
+                        refund_id.clone(),
+                        RefundRecord {
+                            id: refund_id,
+                            app,
+                            purchase_id,
+                            charge_id: charge_id.to_owned(),
+                            approval_id,
+                            amount,
+                            currency,
+                            reason: reason.as_str().to_owned(),
+                            status: "requested".to_owned(),
+                            stripe_refund_id: None,
+                            failure_reason: None,
+                            failure_message: None,
+                            idempotency_key,
+                            requested_by,
+                            attempts: 0,
+                            last_submitted_at: None,
+                            created_at: at,
+                            updated_at: at,
+                        },
+                    );
+                }
+                E::RefundSubmitted { refund_id, attempt } => {
+                    refunds.update(refund_id.as_str(), |row| {
+                        row.attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
+                        row.last_submitted_at = Some(at);
+                        row.updated_at = at;
+                    });
+                }
+                E::RefundStatusChanged {
+                    refund_id,
+                    stripe_refund_id,
+                    status,
+                    failure_reason,
+                } => {
+                    refunds.update(refund_id.as_str(), |row| {
+                        row.status = status.as_str().to_owned();
+                        if stripe_refund_id.is_some() {
+                            row.stripe_refund_id = stripe_refund_id;
+                        }
+                        row.failure_reason = failure_reason;
+                        row.updated_at = at;
+                    });
+                }
+                E::ExternalRefundObserved {
+                    stripe_refund_id,
+                    amount,
+                    status,
+                    failure_reason,
+                } => {
+                    let record = ExternalRecord {
+                        stripe_refund_id: stripe_refund_id.clone(),
+                        charge_id: charge_id.to_owned(),
+                        amount,
+                        status: status.as_str().to_owned(),
+                        failure_reason,
+                        updated_at: at,
+                    };
+                    let mut fresh = true;
+                    external.update(stripe_refund_id.as_str(), |row| {
+                        fresh = false;
+                        *row = ExternalRecord {
+                            charge_id: row.charge_id.clone(),
+                            ..record.clone()
+                        };
+                    });
+                    if fresh {
+                        external.insert_absent(stripe_refund_id, record);
+                    }
+                }
+                E::RefundRejected {
+                    refund_id,
+                    code,
+                    message,
+                } => {
+                    refunds.update(refund_id.as_str(), |row| {
+                        row.status = "failed".to_owned();
+                        row.failure_reason = Some(code);
+                        row.failure_message = Some(message);
+                        row.updated_at = at;
+                    });
+                }
             }
         }
-        self.recompute(conn, charge_id).await?;
+        touched.recompute_sums();
+        self.store(conn, &touched).await
+    }
+}
+
+/// The rows of the charges a batch touches: the charges, all their refunds, and all the refunds
+/// made outside the platform, so their sums can be re-derived in memory.
+struct Ledgers {
+    charges: Touched<String, ChargeRecord>,
+    refunds: Touched<String, RefundRecord>,
+    external: Touched<String, ExternalRecord>,
+}
+
+impl Ledgers {
+    /// Re-derives each charge's sums from its refunds (ours and external).
+    fn recompute_sums(&mut self) {
+        #[derive(Default, PartialEq)]
+        struct Sums {
+            refunded: i64,
+            pending: i64,
+            unanswered: i64,
+        }
+        let mut sums: HashMap<&str, Sums> = HashMap::new();
+        let in_flight =
+            |status: &str| matches!(status, "requested" | "pending" | "requires_action");
+        for refund in self.refunds.values() {
+            let sum = sums.entry(refund.charge_id.as_str()).or_default();
+            match refund.status.as_str() {
+                "succeeded" => sum.refunded += refund.amount,
+                status if in_flight(status) => sum.pending += refund.amount,
+                _ => {}
+            }
+            if refund.status == "requested" {
+                sum.unanswered += refund.amount;
+            }
+        }
+        for refund in self.external.values() {
+            let sum = sums.entry(refund.charge_id.as_str()).or_default();
+            match refund.status.as_str() {
+                "succeeded" => sum.refunded += refund.amount,
+                status if in_flight(status) => sum.pending += refund.amount,
+                _ => {}
+            }
+        }
+        let ids: Vec<String> = self.charges.values().map(|c| c.charge_id.clone()).collect();
+        for id in ids {
+            let sum = sums.remove(id.as_str()).unwrap_or_default();
+            self.charges.update_if(id.as_str(), |charge| {
+                let now = Sums {
+                    refunded: charge.refunded,
+                    pending: charge.pending,
+                    unanswered: charge.unanswered,
+                };
+                if now == sum {
+                    return false;
+                }
+                (charge.refunded, charge.pending, charge.unanswered) =
+                    (sum.refunded, sum.pending, sum.unanswered);
+                true
+            });
+        }
+    }
+}
+
+impl RefundsProjection {
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<Ledgers, sqlx::Error> {
+        let (refunds, charges, external) = (&self.refunds, &self.charges, &self.external);
+        let mut ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+        ids.dedup();
+        let loaded_charges: Vec<ChargeRecord> = sqlx::query_as(&format!(
+            "SELECT {CHARGE_COLUMNS} FROM {charges} WHERE charge_id = ANY($1)"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let loaded_refunds: Vec<RefundRecord> = sqlx::query_as(&format!(
+            "SELECT {RECORD_COLUMNS} FROM {refunds} WHERE charge_id = ANY($1)"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let loaded_external: Vec<ExternalRecord> = sqlx::query_as(&format!(
+            "SELECT {EXTERNAL_COLUMNS} FROM {external} WHERE charge_id = ANY($1)"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(Ledgers {
+            charges: Touched::new(loaded_charges.into_iter().map(|r| (r.charge_id.clone(), r))),
+            refunds: Touched::new(loaded_refunds.into_iter().map(|r| (r.id.clone(), r))),
+            external: Touched::new(
+                loaded_external
+                    .into_iter()
+                    .map(|r| (r.stripe_refund_id.clone(), r)),
+            ),
+        })
+    }
+
+    /// Writes every changed row once, each table in one statement.
+    async fn store(
+        &self,
+        conn: &mut PgConnection,
+        ledgers: &Ledgers,
+    ) -> Result<(), ProjectionError> {
+        let (refunds, charges, external) = (&self.refunds, &self.charges, &self.external);
+        let changed = ledgers.charges.changed();
+        if !changed.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO {charges} (charge_id, app, stripe_account_id, amount, currency, refunded, pending, \
+                   unanswered, stripe_refunded, disputed, updated_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], \
+                   $7::int8[], $8::int8[], $9::int8[], $10::bool[], $11::timestamptz[]) \
+                 ON CONFLICT (charge_id) DO UPDATE SET amount = EXCLUDED.amount, currency = EXCLUDED.currency, \
+                   refunded = EXCLUDED.refunded, pending = EXCLUDED.pending, unanswered = EXCLUDED.unanswered, \
+                   stripe_refunded = EXCLUDED.stripe_refunded, disputed = EXCLUDED.disputed, \
+                   updated_at = EXCLUDED.updated_at"
+            ))
+            .bind(changed.iter().map(|c| c.charge_id.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.app.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.stripe_account_id.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.amount).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.currency.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.refunded).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.pending).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.unanswered).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.stripe_refunded).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.disputed).collect::<Vec<_>>())
+            .bind(changed.iter().map(|c| c.updated_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let changed = ledgers.refunds.changed();
+        if !changed.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO {refunds} (id, app, purchase_id, charge_id, approval_id, amount, currency, reason, status, \
+                   stripe_refund_id, failure_reason, failure_message, idempotency_key, requested_by, attempts, \
+                   last_submitted_at, created_at, updated_at, projected_at) \
+                 SELECT u.*, clock_timestamp() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                   $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                   $14::text[], $15::int4[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[]) u \
+                 ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, stripe_refund_id = EXCLUDED.stripe_refund_id, \
+                   failure_reason = EXCLUDED.failure_reason, failure_message = EXCLUDED.failure_message, \
+                   attempts = EXCLUDED.attempts, last_submitted_at = EXCLUDED.last_submitted_at, \
+                   updated_at = EXCLUDED.updated_at, projected_at = EXCLUDED.projected_at"
+            ))
+            .bind(changed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.app.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.purchase_id.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.charge_id.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.approval_id.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.amount).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.stripe_refund_id.as_deref()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.failure_reason.as_deref()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.failure_message.as_deref()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.requested_by.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.attempts).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.last_submitted_at).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.created_at).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let changed = ledgers.external.changed();
+        if !changed.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO {external} (stripe_refund_id, charge_id, amount, status, failure_reason, updated_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::timestamptz[]) \
+                 ON CONFLICT (stripe_refund_id) DO UPDATE SET amount = EXCLUDED.amount, status = EXCLUDED.status, \
+                   failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at"
+            ))
+            .bind(changed.iter().map(|r| r.stripe_refund_id.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.charge_id.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.amount).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.failure_reason.as_deref()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
         Ok(())
     }
 }
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct ChargeRecord {
+    charge_id: String,
+    app: String,
+    stripe_account_id: String,
+    amount: i64,
+    currency: String,
+    refunded: i64,
+    pending: i64,
+    unanswered: i64,
+    stripe_refunded: i64,
+    disputed: bool,
+    updated_at: DateTime<Utc>,
+}
+
+const CHARGE_COLUMNS: &str =
+    "charge_id, app, stripe_account_id, amount, currency, refunded, pending, \
+     unanswered, stripe_refunded, disputed, updated_at";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct RefundRecord {
+    id: String,
+    app: String,
+    purchase_id: String,
+    charge_id: String,
+    approval_id: String,
+    amount: i64,
+    currency: String,
+    reason: String,
+    status: String,
+    stripe_refund_id: Option<String>,
+    failure_reason: Option<String>,
+    failure_message: Option<String>,
+    idempotency_key: String,
+    requested_by: String,
+    attempts: i32,
+    last_submitted_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const RECORD_COLUMNS: &str = "id, app, purchase_id, charge_id, approval_id, amount, currency, reason, \
+     status, stripe_refund_id, failure_reason, failure_message, idempotency_key, requested_by, attempts, \
+     last_submitted_at, created_at, updated_at";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct ExternalRecord {
+    stripe_refund_id: String,
+    charge_id: String,
+    amount: i64,
+    status: String,
+    failure_reason: Option<String>,
+    updated_at: DateTime<Utc>,
+}
+
+const EXTERNAL_COLUMNS: &str =
+    "stripe_refund_id, charge_id, amount, status, failure_reason, updated_at";
 
 /// A refund as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]

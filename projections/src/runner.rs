@@ -14,18 +14,24 @@
 //! with `FOR UPDATE SKIP LOCKED`, so among several service instances one runner works on a
 //! projection at a time and the others simply find it busy.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::stored_event::STORED_EVENT_COLUMNS;
 use crate::{ProjectionError, StoredEvent};
 
-/// How many events one transaction applies.
-const BATCH_SIZE: i64 = 500;
+/// How many events one transaction applies while following the log.
+pub const LIVE_BATCH_SIZE: i64 = 1000;
+/// How many events one transaction applies while rebuilding aside.
+pub const REBUILD_BATCH_SIZE: i64 = 10_000;
+/// How long a waiting command trusts this process's own progress signal before also reading the
+/// checkpoint from the database (another instance may be the one applying).
+const WAIT_POLL: Duration = Duration::from_millis(10);
 /// How often an idle runner looks for events written by other instances.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 /// How soon a runner looks again when committed events wait behind an open transaction.
@@ -49,11 +55,13 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> Vec<String>;
     /// The same projection writing to `rebuild_`-prefixed tables under its own checkpoint.
     fn aside(&self) -> Arc<dyn Projection>;
-    /// Applies one event inside the runner's transaction.
+    /// Applies a batch of events, in order, inside the runner's transaction. Implementations
+    /// work set-based: read the rows the batch touches once, fold the events in memory, write
+    /// each changed row once.
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &StoredEvent,
+        events: &[StoredEvent],
     ) -> Result<(), ProjectionError>;
 }
 
@@ -87,14 +95,37 @@ pub struct ProjectionRunner {
     pool: PgPool,
     projections: Vec<Arc<dyn Projection>>,
     wake: Notify,
+    batch_size: i64,
+    /// The checkpoint each projection reached in this process, for waiting commands.
+    progress: HashMap<String, watch::Sender<Checkpoint>>,
 }
 
 impl ProjectionRunner {
     pub fn new(pool: PgPool, projections: Vec<Arc<dyn Projection>>) -> Arc<Self> {
+        Self::with_batch_size(pool, projections, LIVE_BATCH_SIZE)
+    }
+
+    /// A runner applying up to `batch_size` events per transaction.
+    pub fn with_batch_size(
+        pool: PgPool,
+        projections: Vec<Arc<dyn Projection>>,
+        batch_size: i64,
+    ) -> Arc<Self> {
+        let progress = projections
+            .iter()
+            .map(|p| {
+                (
+                    p.name().to_owned(),
+                    watch::Sender::new(Checkpoint::default()),
+                )
+            })
+            .collect();
         Arc::new(Self {
             pool,
             projections,
             wake: Notify::new(),
+            batch_size: batch_size.max(1),
+            progress,
         })
     }
 
@@ -134,12 +165,24 @@ impl ProjectionRunner {
         let mut applied = 0;
         for _ in 0..max_batches {
             let mut tx = self.pool.begin().await?;
-            let Some(n) = apply_batch(&mut tx, projection, true).await? else {
+            let Some((n, reached)) =
+                apply_batch(&mut tx, projection, true, self.batch_size).await?
+            else {
                 return Ok(CatchUp::Busy);
             };
             tx.commit().await?;
+            if let (Some(reached), Some(progress)) = (reached, self.progress.get(projection.name()))
+            {
+                progress.send_if_modified(|seen| {
+                    let moved = reached > *seen;
+                    if moved {
+                        *seen = reached;
+                    }
+                    moved
+                });
+            }
             applied += n;
-            if n < BATCH_SIZE as u64 {
+            if n < self.batch_size as u64 {
                 break;
             }
         }
@@ -154,9 +197,11 @@ impl ProjectionRunner {
     ) -> Result<u64, ProjectionError> {
         let mut applied = 0;
         loop {
-            let n = apply_batch(conn, projection, false).await?.unwrap_or(0);
+            let n = apply_batch(conn, projection, false, self.batch_size)
+                .await?
+                .map_or(0, |(n, _)| n);
             applied += n;
-            if n < BATCH_SIZE as u64 {
+            if n < self.batch_size as u64 {
                 return Ok(applied);
             }
         }
@@ -261,14 +306,27 @@ impl ProjectionRunner {
             .iter()
             .filter(|p| p.read_your_writes() && p.aggregate_types().contains(&aggregate_type))
         {
-            let mut pause = Duration::from_millis(1);
-            while self.checkpoint(projection.name()).await? < target {
-                if tokio::time::Instant::now() >= deadline {
+            let Some(progress) = self.progress.get(projection.name()) else {
+                continue;
+            };
+            let mut local = progress.subscribe();
+            loop {
+                if *local.borrow_and_update() >= target {
+                    break;
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
                     return Ok(false);
                 }
+                // Woken by this process's runner as soon as its batch commits; otherwise the
+                // database says whether another instance got there.
+                let wait = WAIT_POLL.min(deadline - now);
+                if tokio::time::timeout(wait, local.changed()).await.is_err()
+                    && self.checkpoint(projection.name()).await? >= target
+                {
+                    break;
+                }
                 self.nudge();
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(4));
             }
         }
         Ok(true)
@@ -307,12 +365,14 @@ impl ProjectionRunner {
     }
 }
 
-/// One batch inside `conn`'s transaction: `None` when another runner holds the projection.
+/// One batch inside `conn`'s transaction: how many events it applied and the checkpoint it moved
+/// to, or `None` when another runner holds the projection.
 async fn apply_batch(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     skip_locked: bool,
-) -> Result<Option<u64>, ProjectionError> {
+    batch_size: i64,
+) -> Result<Option<(u64, Option<Checkpoint>)>, ProjectionError> {
     // Read the horizon before this transaction takes an id of its own (the row lock below).
     let horizon: i64 =
         sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
@@ -349,19 +409,17 @@ async fn apply_batch(
     .bind(last_position)
     .bind(horizon.to_string())
     .bind(&types)
-    .bind(BATCH_SIZE)
+    .bind(batch_size)
     .fetch_all(&mut *conn)
     .await?;
     let Some(last) = events.last() else {
-        return Ok(Some(0));
+        return Ok(Some((0, None)));
     };
     let next = Checkpoint {
         transaction_id: last.transaction_id,
         position: last.global_position,
     };
-    for event in &events {
-        projection.apply(&mut *conn, event).await?;
-    }
+    projection.apply(&mut *conn, &events).await?;
     sqlx::query(
         "UPDATE projection_checkpoints SET last_transaction_id = $2::text::xid8, \
          last_position = $3, updated_at = now() WHERE name = $1",
@@ -371,5 +429,5 @@ async fn apply_batch(
     .bind(next.position)
     .execute(&mut *conn)
     .await?;
-    Ok(Some(events.len() as u64))
+    Ok(Some((events.len() as u64, Some(next))))
 }

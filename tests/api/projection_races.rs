@@ -33,10 +33,11 @@ impl Projection for Seen {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &StoredEvent,
+        events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
-        sqlx::query("INSERT INTO seen (global_position) VALUES ($1)")
-            .bind(event.global_position)
+        let positions: Vec<i64> = events.iter().map(|e| e.global_position).collect();
+        sqlx::query("INSERT INTO seen (global_position) SELECT * FROM UNNEST($1::int8[])")
+            .bind(positions)
             .execute(conn)
             .await?;
         Ok(())
