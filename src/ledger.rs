@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster};
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, CqrsFramework, EventStore};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use ledger_aggregates::app_connection::AppConnection;
 use ledger_aggregates::charge_ledger::ChargeLedger;
 use ledger_aggregates::upcasting::UPCASTS;
@@ -62,27 +63,27 @@ fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
         .collect()
 }
 
-/// One aggregate type's command side.
+/// One aggregate type's command side: cqrs-es's event store and aggregates, executed the way
+/// `CqrsFramework::execute` does (load, handle into an `EventSink`, commit), except that the
+/// caller gets the resulting state back and may follow a command with a second one decided on
+/// that state, committed in the same transaction (docs/decisions/0012).
 pub struct CommandBus<A: Aggregate> {
-    cqrs: CqrsFramework<A, Store<A>>,
     store: Store<A>,
+    services: A::Services,
     locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl<A> CommandBus<A>
 where
-    A: Aggregate,
+    A: Aggregate + Clone,
     A::Command: Clone,
     A::Services: Default,
 {
     fn new(pool: &PgPool) -> Self {
-        let store = || {
-            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
-                .with_upcasters(upcasters())
-        };
         Self {
-            cqrs: CqrsFramework::new(store(), Vec::new(), A::Services::default()),
-            store: store(),
+            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+                .with_upcasters(upcasters()),
+            services: A::Services::default(),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -97,19 +98,28 @@ where
     }
 
     /// Executes a command, re-deciding it on fresh state when another writer got there first.
+    /// Returns the aggregate as the command left it.
     pub async fn execute(
         &self,
         id: &str,
         command: A::Command,
         metadata: &EventMetadata,
-    ) -> Result<(), LedgerError<A::Error>> {
+    ) -> Result<A, LedgerError<A::Error>> {
+        self.execute_then(id, command, |_| None, metadata).await
+    }
+
+    /// Executes `first`, then the command `then` picks on the resulting state (if any); the
+    /// events of both are committed together or not at all.
+    pub async fn execute_then(
+        &self,
+        id: &str,
+        first: A::Command,
+        then: impl Fn(&A) -> Option<A::Command>,
+        metadata: &EventMetadata,
+    ) -> Result<A, LedgerError<A::Error>> {
         let _serialized = self.stripe(id).lock().await;
         for attempt in 1..=MAX_ATTEMPTS {
-            match self
-                .cqrs
-                .execute_with_metadata(id, command.clone(), metadata.clone().into_map())
-                .await
-            {
+            match self.try_execute(id, &first, &then, metadata).await {
                 Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
                     let jitter = rand::thread_rng().gen_range(0..=(2u64 << attempt.min(6)));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
@@ -118,6 +128,36 @@ where
             }
         }
         Err(LedgerError::Contended)
+    }
+
+    async fn try_execute(
+        &self,
+        id: &str,
+        first: &A::Command,
+        then: &impl Fn(&A) -> Option<A::Command>,
+        metadata: &EventMetadata,
+    ) -> Result<A, AggregateError<A::Error>> {
+        let mut context = self.store.load_aggregate(id).await?;
+        let sink = EventSink::default();
+        let aggregate = context.aggregate();
+        aggregate
+            .handle(first.clone(), &self.services, &sink)
+            .await
+            .map_err(AggregateError::UserError)?;
+        if let Some(next) = then(aggregate) {
+            aggregate
+                .handle(next, &self.services, &sink)
+                .await
+                .map_err(AggregateError::UserError)?;
+        }
+        let state = aggregate.clone();
+        let events = sink.collect().await;
+        if !events.is_empty() {
+            self.store
+                .commit(events, context, metadata.clone().into_map())
+                .await?;
+        }
+        Ok(state)
     }
 
     /// The aggregate's current state, from its events.

@@ -110,7 +110,7 @@ async fn callback(
             .execute(slug.as_str(), command, &meta)
             .await
         {
-            Ok(()) => {
+            Ok(_) => {
                 state.ledger.settle(APP_CONNECTION, slug.as_str()).await;
                 Ok(Outcome::Failed(Some(slug), reason))
             }
@@ -139,7 +139,7 @@ async fn callback(
         .execute(slug.as_str(), consume, &meta)
         .await
     {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(e) if is_invalid_state(&e) => return Ok(Outcome::Failed(None, "invalid_state")),
         Err(e) => return Err(e.into()),
     }

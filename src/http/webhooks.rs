@@ -15,6 +15,7 @@ use super::state::AppState;
 use crate::webhooks::backfill;
 use crate::webhooks::envelope::EventEnvelope;
 use crate::webhooks::inbox::{self, InboxRow, ReceivedVia};
+use crate::webhooks::reconcile::LEDGER_EVENT_TYPES;
 use crate::webhooks::signature;
 
 /// Stripe's events are small; this leaves room for large objects.
@@ -69,8 +70,11 @@ async fn receive(
     let payload = std::str::from_utf8(&body)
         .map_err(|_| bad_request("invalid_event", "the body is not UTF-8"))?;
     let new = inbox::store(&state.pool, &event, payload, ReceivedVia::Webhook).await?;
-    if new {
+    if new && LEDGER_EVENT_TYPES.contains(&event.kind.as_str()) {
         state.webhooks.nudge();
+    } else if new {
+        metrics::counter!("webhook_events_total", "type" => event.kind.clone(), "outcome" => "ignored")
+            .increment(1);
     }
     Ok(Json(json!({"received": true, "duplicate": !new})))
 }

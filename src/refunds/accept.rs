@@ -2,12 +2,13 @@
 
 use ledger_aggregates::app_connection::AppConnectionError;
 use ledger_aggregates::charge_ledger::{
-    idempotency_key, ChargeFacts, ChargeLedgerCommand, ChargeLedgerError, NewRefund, RefundReason,
-    RefundRecord, RefundStatus,
+    idempotency_key, ChargeFacts, ChargeLedger, ChargeLedgerCommand, ChargeLedgerError, NewRefund,
+    RefundReason, RefundRecord, RefundStatus,
 };
 use ledger_aggregates::EventMetadata;
 
-use super::{RefundError, RefundService};
+use super::pause::{pause_point, AFTER_INTENT};
+use super::{DrivingClaim, RefundError, RefundService};
 use crate::ledger::LedgerError;
 
 /// A validated refund request.
@@ -43,8 +44,33 @@ impl RefundService {
             }
         }
         let mut created = true;
-        match self.record_intent(&request, &key, &refund_id, meta).await {
-            Ok(()) => {}
+        // This request drives its new refund itself (the worker leaves it alone meanwhile).
+        let claim = DrivingClaim::take(&self.driving, &refund_id);
+        match self
+            .record_intent(&request, &key, &refund_id, claim.is_some(), meta)
+            .await
+        {
+            Ok(ledger) => {
+                if let (Some(_claim), Some(charge), Some(refund)) =
+                    (claim, ledger.charge(), ledger.refund(&refund_id))
+                {
+                    if refund.status != RefundStatus::Requested {
+                        return Ok(Accepted {
+                            refund: refund.clone(),
+                            created,
+                        });
+                    }
+                    pause_point(AFTER_INTENT).await;
+                    let answered = self
+                        .submit(&request.charge_id, charge, refund, false, meta)
+                        .await?
+                        .unwrap_or_else(|| refund.clone());
+                    return Ok(Accepted {
+                        refund: answered,
+                        created,
+                    });
+                }
+            }
             Err(RefundError::Charge(LedgerError::Domain(
                 ChargeLedgerError::AlreadyRequested {
                     refund_id: existing,
@@ -135,14 +161,16 @@ impl RefundService {
         }
     }
 
-    /// Reads the charge at Stripe and records the refund intent against it.
+    /// Reads the charge at Stripe and records the refund intent against it; with `submit`, also
+    /// its first submission, in the same commit, so that the request can go to Stripe at once.
     async fn record_intent(
         &self,
         request: &RefundRequest,
         key: &str,
         refund_id: &str,
+        submit: bool,
         meta: &EventMetadata,
-    ) -> Result<(), RefundError> {
+    ) -> Result<ChargeLedger, RefundError> {
         let app = self
             .ledger
             .apps
@@ -183,10 +211,18 @@ impl RefundService {
                 requested_by: request.requested_by.clone(),
             },
         };
-        self.ledger
+        let submit_now = |ledger: &ChargeLedger| {
+            ledger
+                .refund(refund_id)
+                .filter(|r| submit && r.status == RefundStatus::Requested && r.attempts == 0)
+                .map(|_| ChargeLedgerCommand::MarkSubmitted {
+                    refund_id: refund_id.to_owned(),
+                })
+        };
+        Ok(self
+            .ledger
             .charges
-            .execute(&request.charge_id, command, meta)
-            .await?;
-        Ok(())
+            .execute_then(&request.charge_id, command, submit_now, meta)
+            .await?)
     }
 }

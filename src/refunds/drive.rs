@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use ledger_aggregates::app_connection::AppConnectionCommand;
 use ledger_aggregates::charge_ledger::{
-    ChargeLedgerCommand, RefundRecord, RefundStatus, StripeRefundAnswer,
+    ChargeFacts, ChargeLedgerCommand, RefundRecord, RefundStatus, StripeRefundAnswer,
 };
 use ledger_aggregates::{EventMetadata, Source};
 
@@ -79,15 +79,34 @@ impl RefundService {
         if refund.status != RefundStatus::Requested {
             return Ok(Some(refund));
         }
-        let stripe = self.stripe()?;
-        let account = charge.stripe_account_id.as_str();
+        self.stripe()?;
         let submit = ChargeLedgerCommand::MarkSubmitted {
             refund_id: refund_id.to_owned(),
         };
-        self.ledger.charges.execute(charge_id, submit, meta).await?;
+        let ledger = self.ledger.charges.execute(charge_id, submit, meta).await?;
+        let Some(submitted) = ledger.refund(refund_id).cloned() else {
+            return Ok(None);
+        };
         pause_point(AFTER_INTENT).await;
+        // An attempt before this one may have reached Stripe.
+        self.submit(charge_id, &charge, &submitted, refund.attempts > 0, meta)
+            .await
+    }
 
-        if refund.attempts > 0 {
+    /// Sends a refund already marked submitted to Stripe and records the answer. When an earlier
+    /// attempt may have reached Stripe, looks for it first.
+    pub(super) async fn submit(
+        &self,
+        charge_id: &str,
+        charge: &ChargeFacts,
+        refund: &RefundRecord,
+        earlier_attempt: bool,
+        meta: &EventMetadata,
+    ) -> Result<Option<RefundRecord>, RefundError> {
+        let stripe = self.stripe()?;
+        let account = charge.stripe_account_id.as_str();
+        let refund_id = refund.refund_id.as_str();
+        if earlier_attempt {
             // An earlier submission may have reached Stripe, whose memory of the key lasts only
             // 24 hours: look for it before anything is created again.
             match stripe.list_refunds(account, charge_id).await {
@@ -101,11 +120,12 @@ impl RefundService {
                             refund_id: refund_id.to_owned(),
                             answer: answer_of(existing),
                         };
-                        self.ledger
+                        let ledger = self
+                            .ledger
                             .charges
                             .execute(charge_id, command, meta)
                             .await?;
-                        return self.load(charge_id, refund_id).await;
+                        return Ok(ledger.refund(refund_id).cloned());
                     }
                 }
                 Err(error) if error.is_permission_error() => {
@@ -124,7 +144,7 @@ impl RefundService {
             charge: charge_id,
             amount: refund.amount,
             reason: refund.reason.as_str(),
-            metadata: stripe_metadata(&refund),
+            metadata: stripe_metadata(refund),
         };
         let result = stripe
             .create_refund(account, &params, &refund.idempotency_key)
@@ -158,11 +178,12 @@ impl RefundService {
                 }
             }
         };
-        self.ledger
+        let ledger = self
+            .ledger
             .charges
             .execute(charge_id, command, meta)
             .await?;
-        self.load(charge_id, refund_id).await
+        Ok(ledger.refund(refund_id).cloned())
     }
 
     /// Stripe refused us the account: the refund fails and the app is flagged.
@@ -180,11 +201,12 @@ impl RefundService {
             code: APP_NOT_AUTHORIZED.to_owned(),
             message: rejection_message(error),
         };
-        self.ledger
+        let ledger = self
+            .ledger
             .charges
             .execute(charge_id, command, meta)
             .await?;
-        self.load(charge_id, refund_id).await
+        Ok(ledger.refund(refund_id).cloned())
     }
 
     /// Marks the app for attention after Stripe refused us its account.

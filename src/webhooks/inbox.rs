@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::envelope::EventEnvelope;
+use super::reconcile::{not_acted_on, LEDGER_EVENT_TYPES};
 
 /// How an event reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,7 +14,9 @@ pub enum ReceivedVia {
     Backfill,
 }
 
-/// Stores a verified event unless its id is already there. Returns whether it was new.
+/// Stores a verified event unless its id is already there. Returns whether it was new. An event
+/// of a type the ledger does not act on is stored already `ignored`: kept for the record, never
+/// queued.
 pub async fn store(
     pool: &PgPool,
     event: &EventEnvelope,
@@ -22,9 +25,14 @@ pub async fn store(
 ) -> Result<bool, sqlx::Error> {
     let created: Option<DateTime<Utc>> =
         event.created.and_then(|t| Utc.timestamp_opt(t, 0).single());
+    let ignored =
+        (!LEDGER_EVENT_TYPES.contains(&event.kind.as_str())).then(|| not_acted_on(&event.kind));
     let inserted = sqlx::query(
-        "INSERT INTO webhook_events (event_id, event_type, account, livemode, stripe_created, payload, received_via) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO webhook_events (event_id, event_type, account, livemode, stripe_created, payload, received_via, \
+           status, outcome, processed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8::text IS NULL THEN 'pending' ELSE 'ignored' END, $8, \
+           CASE WHEN $8::text IS NULL THEN NULL ELSE now() END) \
+         ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(&event.id)
     .bind(&event.kind)
@@ -36,6 +44,7 @@ pub async fn store(
         ReceivedVia::Webhook => "webhook",
         ReceivedVia::Backfill => "backfill",
     })
+    .bind(ignored)
     .execute(pool)
     .await?
     .rows_affected();
@@ -80,32 +89,67 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// Records the outcome of one processing attempt.
+impl Outcome {
+    /// The inbox status it leads to after `attempts` attempts.
+    pub fn status(&self, attempts: i32, max_attempts: i32) -> &'static str {
+        match self {
+            Outcome::Handled(_) => "handled",
+            Outcome::Ignored(_) => "ignored",
+            Outcome::Unmatched(_) => "unmatched",
+            Outcome::Failed(_) if attempts >= max_attempts => "dead",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One processing attempt's result, ready to record.
+pub struct Finished {
+    pub claimed: Claimed,
+    pub outcome: Outcome,
+    /// When a failed event is due again.
+    pub retry_in: std::time::Duration,
+}
+
+/// Records the outcomes of a batch of processing attempts in one statement.
 pub async fn finish(
     pool: &PgPool,
-    claimed: &Claimed,
-    outcome: &Outcome,
+    finished: &[Finished],
     max_attempts: i32,
-    retry_in: std::time::Duration,
 ) -> Result<(), sqlx::Error> {
-    let (status, detail, error) = match outcome {
-        Outcome::Handled(d) => ("handled", Some(d.as_str()), None),
-        Outcome::Ignored(d) => ("ignored", Some(d.as_str()), None),
-        Outcome::Unmatched(d) => ("unmatched", Some(d.as_str()), None),
-        Outcome::Failed(e) if claimed.attempts >= max_attempts => ("dead", None, Some(e.as_str())),
-        Outcome::Failed(e) => ("failed", None, Some(e.as_str())),
-    };
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(finished.len());
+    let mut statuses = Vec::with_capacity(finished.len());
+    let mut details = Vec::with_capacity(finished.len());
+    let mut errors = Vec::with_capacity(finished.len());
+    let mut delays = Vec::with_capacity(finished.len());
+    for done in finished {
+        let (detail, error) = match &done.outcome {
+            Outcome::Handled(d) | Outcome::Ignored(d) | Outcome::Unmatched(d) => {
+                (Some(d.as_str()), None)
+            }
+            Outcome::Failed(e) => (None, Some(e.as_str())),
+        };
+        ids.push(done.claimed.event_id.as_str());
+        statuses.push(done.outcome.status(done.claimed.attempts, max_attempts));
+        details.push(detail);
+        errors.push(error);
+        delays.push(done.retry_in.as_secs_f64());
+    }
     sqlx::query(
-        "UPDATE webhook_events SET status = $2, outcome = COALESCE($3, outcome), last_error = $4, \
-           locked_until = NULL, processed_at = CASE WHEN $2 IN ('handled', 'ignored', 'unmatched') THEN now() ELSE processed_at END, \
-           next_attempt_at = now() + make_interval(secs => $5) \
-         WHERE event_id = $1",
+        "UPDATE webhook_events w SET status = u.status, outcome = COALESCE(u.detail, w.outcome), \
+           last_error = u.error, locked_until = NULL, \
+           processed_at = CASE WHEN u.status IN ('handled', 'ignored', 'unmatched') THEN now() ELSE w.processed_at END, \
+           next_attempt_at = now() + make_interval(secs => u.delay) \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[]) AS u(event_id, status, detail, error, delay) \
+         WHERE w.event_id = u.event_id",
     )
-    .bind(&claimed.event_id)
-    .bind(status)
-    .bind(detail)
-    .bind(error)
-    .bind(retry_in.as_secs_f64())
+    .bind(ids)
+    .bind(statuses)
+    .bind(details)
+    .bind(errors)
+    .bind(delays)
     .execute(pool)
     .await?;
     Ok(())

@@ -4,7 +4,7 @@
 pub mod backfill;
 pub mod envelope;
 pub mod inbox;
-mod reconcile;
+pub mod reconcile;
 pub mod signature;
 mod worker;
 

@@ -85,6 +85,22 @@ enum ChargeOwner {
     },
 }
 
+/// The event types the ledger turns into commands; every other type is stored as `ignored` the
+/// moment it arrives, so the worker never touches it.
+pub const LEDGER_EVENT_TYPES: [&str; 6] = [
+    "account.application.deauthorized",
+    "charge.refunded",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",
+];
+
+/// Why an event of another type changes nothing.
+pub fn not_acted_on(kind: &str) -> String {
+    format!("{kind} is not an event the ledger acts on")
+}
+
 impl WebhookProcessor {
     pub(super) async fn reconcile(&self, event: &EventEnvelope) -> Outcome {
         let meta = EventMetadata::new(ACTOR, Source::StripeWebhook, event.id.clone())
@@ -95,7 +111,7 @@ impl WebhookProcessor {
             "refund.created" | "refund.updated" | "refund.failed" | "charge.refund.updated" => {
                 self.refund_news(event, &meta).await
             }
-            other => Outcome::Ignored(format!("{other} is not an event the ledger acts on")),
+            other => Outcome::Ignored(not_acted_on(other)),
         }
     }
 
@@ -113,7 +129,7 @@ impl WebhookProcessor {
             initiated_by: DisconnectInitiator::StripeAccount,
         };
         match self.ledger.apps.execute(&app.slug, command, meta).await {
-            Ok(()) => {
+            Ok(_) => {
                 self.ledger.projections.nudge();
                 Outcome::Handled(format!("{} disconnected from {account}", app.slug))
             }
@@ -193,6 +209,7 @@ impl WebhookProcessor {
                 meta,
             )
             .await
+            .map(drop)
             .map_err(failed)
     }
 
@@ -217,7 +234,7 @@ impl WebhookProcessor {
         let stripe_refund_id = facts.stripe_refund_id.clone();
         let command = ChargeLedgerCommand::ReconcileStripeRefund { refund: facts };
         match self.ledger.charges.execute(&charge_id, command, meta).await {
-            Ok(()) => {
+            Ok(_) => {
                 self.ledger.projections.nudge();
                 Outcome::Handled(format!("{stripe_refund_id} on {charge_id} reconciled"))
             }

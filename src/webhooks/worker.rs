@@ -39,21 +39,33 @@ impl WebhookProcessor {
         let claimed = inbox::claim(&self.pool, BATCH).await?;
         let count = claimed.len();
         let mut running = tokio::task::JoinSet::new();
+        let mut finished = Vec::with_capacity(count);
         for item in claimed {
             while running.len() >= CONCURRENCY {
-                running.join_next().await;
+                if let Some(Ok(done)) = running.join_next().await {
+                    finished.push(done);
+                }
             }
             let processor = Arc::clone(self);
             running.spawn(async move { processor.process_one(item).await });
         }
-        while running.join_next().await.is_some() {}
+        while let Some(done) = running.join_next().await {
+            if let Ok(done) = done {
+                finished.push(done);
+            }
+        }
+        // A task that panicked leaves its event `processing`: it is claimed again once its
+        // lock expires.
+        if let Err(error) = inbox::finish(&self.pool, &finished, MAX_ATTEMPTS).await {
+            tracing::warn!(%error, "could not record webhook outcomes; the events will be claimed again");
+        }
         Ok(count)
     }
 
-    async fn process_one(&self, item: inbox::Claimed) {
-        let outcome = match EventEnvelope::parse(item.payload.as_bytes()) {
-            Ok(event) => self.reconcile(&event).await,
-            Err(error) => Outcome::Failed(error.to_string()),
+    async fn process_one(&self, item: inbox::Claimed) -> inbox::Finished {
+        let (kind, outcome) = match EventEnvelope::parse(item.payload.as_bytes()) {
+            Ok(event) => (event.kind.clone(), self.reconcile(&event).await),
+            Err(error) => (String::new(), Outcome::Failed(error.to_string())),
         };
         match &outcome {
             Outcome::Failed(error) => {
@@ -64,21 +76,12 @@ impl WebhookProcessor {
             }
             _ => {}
         }
-        let label = match &outcome {
-            Outcome::Handled(_) => "handled",
-            Outcome::Ignored(_) => "ignored",
-            Outcome::Unmatched(_) => "unmatched",
-            Outcome::Failed(_) => "failed",
-        };
-        let kind = serde_json::from_str::<serde_json::Value>(&item.payload)
-            .ok()
-            .and_then(|v| v["type"].as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let label = outcome.status(item.attempts, MAX_ATTEMPTS);
         metrics::counter!("webhook_events_total", "type" => kind, "outcome" => label).increment(1);
-        let retry_in = self.retry.worker_delay(item.attempts.max(0) as u32);
-        if let Err(error) = inbox::finish(&self.pool, &item, &outcome, MAX_ATTEMPTS, retry_in).await
-        {
-            tracing::warn!(event_id = item.event_id, %error, "could not record a webhook outcome");
+        inbox::Finished {
+            retry_in: self.retry.worker_delay(item.attempts.max(0) as u32),
+            claimed: item,
+            outcome,
         }
     }
 }

@@ -52,7 +52,7 @@ struct Connection {
     connected_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AppConnection {
     registered: Option<(Uuid, String, String)>,
     connection: Option<Connection>,

@@ -37,7 +37,7 @@ pub struct ExternalRefund {
     pub failure_reason: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChargeLedger {
     charge: Option<ChargeFacts>,
     refunds: Vec<RefundRecord>,
