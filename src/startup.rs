@@ -118,6 +118,7 @@ impl Application {
             stripe,
             webhook_secrets: config.stripe.webhook_secrets.clone(),
             webhooks: Arc::clone(&webhooks),
+            inbox: crate::webhooks::inbox_writer::InboxWriter::start(pool.clone()),
         });
         crate::metrics::handle();
         let router = http::router(services, Arc::new(config.tokens.clone()));

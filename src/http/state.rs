@@ -9,6 +9,7 @@ use crate::refunds::RefundService;
 use secrecy::SecretString;
 
 use crate::stripe::{ConnectOAuth, StripeApi};
+use crate::webhooks::inbox_writer::InboxWriter;
 use crate::webhooks::WebhookProcessor;
 
 /// What every handler can reach.
@@ -23,6 +24,8 @@ pub struct Services {
     pub stripe: Option<StripeApi>,
     pub webhook_secrets: Vec<SecretString>,
     pub webhooks: Arc<WebhookProcessor>,
+    /// Stores deliveries, grouping concurrent ones into one commit.
+    pub inbox: InboxWriter,
 }
 
 pub type AppState = Arc<Services>;

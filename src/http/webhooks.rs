@@ -14,8 +14,7 @@ use super::extract::{Json, Query};
 use super::state::AppState;
 use crate::webhooks::backfill;
 use crate::webhooks::envelope::EventEnvelope;
-use crate::webhooks::inbox::{self, InboxRow, ReceivedVia};
-use crate::webhooks::reconcile::LEDGER_EVENT_TYPES;
+use crate::webhooks::inbox::{self, Arrival, InboxRow, ReceivedVia};
 use crate::webhooks::signature;
 
 /// Stripe's events are small; this leaves room for large objects.
@@ -69,8 +68,13 @@ async fn receive(
         EventEnvelope::parse(&body).map_err(|e| bad_request("invalid_event", e.to_string()))?;
     let payload = std::str::from_utf8(&body)
         .map_err(|_| bad_request("invalid_event", "the body is not UTF-8"))?;
-    let new = inbox::store(&state.pool, &event, payload, ReceivedVia::Webhook).await?;
-    if new && LEDGER_EVENT_TYPES.contains(&event.kind.as_str()) {
+    let arrival = Arrival::new(&event, payload, ReceivedVia::Webhook);
+    let for_the_ledger = arrival.is_for_the_ledger();
+    let new = state.inbox.store(arrival).await.map_err(|error| {
+        tracing::error!(%error, event_id = %event.id, "could not store a webhook event");
+        ApiError::internal(error)
+    })?;
+    if new && for_the_ledger {
         state.webhooks.nudge();
     } else if new {
         metrics::counter!("webhook_events_total", "type" => event.kind.clone(), "outcome" => "ignored")

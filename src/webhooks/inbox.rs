@@ -1,5 +1,7 @@
 //! The webhook inbox table: store once, claim for processing, record outcomes.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -14,41 +16,82 @@ pub enum ReceivedVia {
     Backfill,
 }
 
-/// Stores a verified event unless its id is already there. Returns whether it was new. An event
-/// of a type the ledger does not act on is stored already `ignored`: kept for the record, never
-/// queued.
+/// A verified event on its way into the inbox.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub event_id: String,
+    pub event_type: String,
+    pub account: Option<String>,
+    pub livemode: bool,
+    pub stripe_created: Option<DateTime<Utc>>,
+    pub payload: String,
+    pub via: ReceivedVia,
+}
+
+impl Arrival {
+    pub fn new(event: &EventEnvelope, payload: &str, via: ReceivedVia) -> Self {
+        Self {
+            event_id: event.id.clone(),
+            event_type: event.kind.clone(),
+            account: event.account.clone(),
+            livemode: event.livemode,
+            stripe_created: event.created.and_then(|t| Utc.timestamp_opt(t, 0).single()),
+            payload: payload.to_owned(),
+            via,
+        }
+    }
+
+    /// Whether the worker has anything to do with it.
+    pub fn is_for_the_ledger(&self) -> bool {
+        LEDGER_EVENT_TYPES.contains(&self.event_type.as_str())
+    }
+}
+
+/// Stores a verified event unless its id is already there. Returns whether it was new.
 pub async fn store(
     pool: &PgPool,
     event: &EventEnvelope,
     payload: &str,
     via: ReceivedVia,
 ) -> Result<bool, sqlx::Error> {
-    let created: Option<DateTime<Utc>> =
-        event.created.and_then(|t| Utc.timestamp_opt(t, 0).single());
-    let ignored =
-        (!LEDGER_EVENT_TYPES.contains(&event.kind.as_str())).then(|| not_acted_on(&event.kind));
-    let inserted = sqlx::query(
+    Ok(store_all(pool, &[Arrival::new(event, payload, via)]).await?[0])
+}
+
+/// Stores verified events in one statement, skipping ids already there; says of each whether it
+/// was new (of two arrivals with one id, only the first can be). An event of a type the ledger
+/// does not act on is stored already `ignored`: kept for the record, never queued.
+pub async fn store_all(pool: &PgPool, arrivals: &[Arrival]) -> Result<Vec<bool>, sqlx::Error> {
+    let column = |f: fn(&Arrival) -> Option<String>| arrivals.iter().map(f).collect::<Vec<_>>();
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO webhook_events (event_id, event_type, account, livemode, stripe_created, payload, received_via, \
            status, outcome, processed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8::text IS NULL THEN 'pending' ELSE 'ignored' END, $8, \
-           CASE WHEN $8::text IS NULL THEN NULL ELSE now() END) \
-         ON CONFLICT (event_id) DO NOTHING",
+         SELECT u.event_id, u.event_type, u.account, u.livemode, u.stripe_created, u.payload, u.via, \
+           CASE WHEN u.ignored IS NULL THEN 'pending' ELSE 'ignored' END, u.ignored, \
+           CASE WHEN u.ignored IS NULL THEN NULL ELSE now() END \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[], $6::text[], $7::text[], $8::text[]) \
+           AS u(event_id, event_type, account, livemode, stripe_created, payload, via, ignored) \
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
     )
-    .bind(&event.id)
-    .bind(&event.kind)
-    .bind(&event.account)
-    .bind(event.livemode)
-    .bind(created)
-    .bind(payload)
-    .bind(match via {
-        ReceivedVia::Webhook => "webhook",
-        ReceivedVia::Backfill => "backfill",
-    })
-    .bind(ignored)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .bind(column(|a| Some(a.event_id.clone())))
+    .bind(column(|a| Some(a.event_type.clone())))
+    .bind(column(|a| a.account.clone()))
+    .bind(arrivals.iter().map(|a| a.livemode).collect::<Vec<_>>())
+    .bind(arrivals.iter().map(|a| a.stripe_created).collect::<Vec<_>>())
+    .bind(arrivals.iter().map(|a| a.payload.as_str()).collect::<Vec<_>>())
+    .bind(
+        arrivals
+            .iter()
+            .map(|a| match a.via {
+                ReceivedVia::Webhook => "webhook",
+                ReceivedVia::Backfill => "backfill",
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|a| (!a.is_for_the_ledger()).then(|| not_acted_on(&a.event_type))))
+    .fetch_all(pool)
+    .await?;
+    let mut new: HashSet<String> = inserted.into_iter().collect();
+    Ok(arrivals.iter().map(|a| new.remove(&a.event_id)).collect())
 }
 
 /// An event claimed for processing.

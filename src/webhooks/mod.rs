@@ -4,6 +4,7 @@
 pub mod backfill;
 pub mod envelope;
 pub mod inbox;
+pub mod inbox_writer;
 pub mod reconcile;
 pub mod signature;
 mod worker;

@@ -648,3 +648,48 @@ async fn an_oversized_delivery_is_413_in_the_error_shape_and_stores_nothing() {
     assert_eq!(error["error"]["code"], "payload_too_large");
     assert_eq!(app.inbox_count().await, 0);
 }
+
+#[tokio::test]
+async fn concurrent_deliveries_share_commits_yet_each_id_is_new_exactly_once() {
+    let app = spawn_app().await;
+    // 50 events of a type the ledger ignores, each delivered four times, all at once: the
+    // deliveries are grouped into shared inserts, duplicates of one id often in the same one.
+    let events: Vec<Value> = (0..50)
+        .map(|i| {
+            event(
+                "customer.created",
+                Some(ACCOUNT),
+                json!({"id": format!("cus_{i}"), "object": "customer"}),
+            )
+        })
+        .collect();
+    let deliveries = events
+        .iter()
+        .flat_map(|e| std::iter::repeat_n(e, 4))
+        .map(|e| async {
+            let response = app.deliver(e).await;
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.expect("json");
+            (body["duplicate"] == false).then(|| e["id"].as_str().unwrap_or_default().to_owned())
+        });
+    let firsts: Vec<String> = futures::future::join_all(deliveries)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut unique = firsts.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(firsts.len(), 50, "each id answered new exactly once");
+    assert_eq!(unique.len(), 50);
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM webhook_events GROUP BY status")
+            .fetch_all(&app.pool)
+            .await
+            .expect("inbox");
+    assert_eq!(
+        stored,
+        vec![("ignored".to_owned(), 50)],
+        "stored once each, never queued"
+    );
+}
