@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use connect_ledger::webhooks::signature::sign;
-use ledger_projections::rebuild::rebuild as rebuild_projection;
+use ledger_projections::rebuild::rebuild_all;
 use sqlx::PgPool;
 
 use crate::baselines::{CQRS, RAW};
@@ -236,15 +236,14 @@ pub async fn rebuild(server: &str, plan: &Plan) -> anyhow::Result<Rebuild> {
     .await?;
     let events = charges * 4;
     let started = Instant::now();
-    for projection in connect_ledger::startup::projections() {
-        let name = projection.name().to_owned();
-        let t = Instant::now();
-        let report = rebuild_projection(&pool, projection, |_| {}).await?;
-        eprintln!(
-            "  rebuild {name:<8} {:>8} events in {:>6.1} s",
-            report.events,
-            t.elapsed().as_secs_f64()
-        );
+    let reports = rebuild_all(
+        &pool,
+        connect_ledger::startup::projections(),
+        Arc::new(|_: &str, _: u64| {}),
+    )
+    .await?;
+    for (name, report) in reports {
+        eprintln!("  rebuilt {name:<8} {:>8} events", report.events);
     }
     Ok(Rebuild {
         events,

@@ -9,4 +9,6 @@ pub enum ProjectionError {
         event_type: String,
         source: serde_json::Error,
     },
+    #[error("rebuild task failed: {0}")]
+    Rebuild(String),
 }

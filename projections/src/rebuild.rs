@@ -96,3 +96,37 @@ pub async fn rebuild(
     tx.commit().await?;
     Ok(report)
 }
+
+/// Hears a projection's name and how many events it has replayed so far.
+pub type Progress = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
+/// Rebuilds several projections at once (each on its own connection, so PostgreSQL works on
+/// them in parallel); `progress` hears each one's name and running count. Returns each one's
+/// report, in the order given.
+pub async fn rebuild_all(
+    pool: &PgPool,
+    projections: Vec<Arc<dyn Projection>>,
+    progress: Progress,
+) -> Result<Vec<(String, RebuildReport)>, ProjectionError> {
+    let mut running = tokio::task::JoinSet::new();
+    for (index, projection) in projections.into_iter().enumerate() {
+        let (pool, progress) = (pool.clone(), Arc::clone(&progress));
+        running.spawn(async move {
+            let name = projection.name().to_owned();
+            let started = std::time::Instant::now();
+            let report = rebuild(&pool, projection, |n| progress(&name, n)).await?;
+            tracing::info!(projection = %name, events = report.events, seconds = started.elapsed().as_secs_f64(), "rebuilt");
+            Ok::<_, ProjectionError>((index, name, report))
+        });
+    }
+    let mut reports = Vec::new();
+    while let Some(done) = running.join_next().await {
+        let done = done.map_err(|e| ProjectionError::Rebuild(e.to_string()))??;
+        reports.push(done);
+    }
+    reports.sort_by_key(|(index, _, _)| *index);
+    Ok(reports
+        .into_iter()
+        .map(|(_, name, report)| (name, report))
+        .collect())
+}
