@@ -54,6 +54,13 @@ pub fn is_older(stored: &str, to_version: &str) -> bool {
 }
 
 /// Brings a stored payload to the current shape of its event type.
+/// Whether an event stored at `event_version` needs upcasting before it is read.
+pub fn needs_upcast(event_type: &str, event_version: &str) -> bool {
+    UPCASTS
+        .iter()
+        .any(|step| step.event_type == event_type && is_older(event_version, step.to_version))
+}
+
 pub fn upcast(event_type: &str, event_version: &str, mut payload: Value) -> Value {
     for step in UPCASTS {
         if step.event_type == event_type && is_older(event_version, step.to_version) {

@@ -18,23 +18,119 @@ pub struct RebuildReport {
     pub events: u64,
 }
 
-/// Rebuilds `live`; `progress` hears the running count of replayed events.
+/// An index of a live table, recreated on its aside copy.
+#[derive(sqlx::FromRow)]
+struct IndexSpec {
+    name: String,
+    /// `CREATE [UNIQUE] INDEX name ON table …`, as PostgreSQL prints it.
+    definition: String,
+    is_unique: bool,
+    /// `p` (primary key) or `u` (unique constraint) when the index backs a constraint.
+    constraint_type: Option<String>,
+}
+
+impl IndexSpec {
+    fn aside_name(&self) -> String {
+        format!("{ASIDE_PREFIX}{}", self.name)
+    }
+
+    /// The same index on `aside_table`, under its aside name.
+    fn create_on(&self, aside_table: &str) -> Result<String, ProjectionError> {
+        let using = self.definition.find(" USING ").ok_or_else(|| {
+            ProjectionError::Rebuild(format!("unexpected index definition: {}", self.definition))
+        })?;
+        let unique = if self.is_unique { "UNIQUE " } else { "" };
+        Ok(format!(
+            "CREATE {unique}INDEX {} ON {aside_table}{}",
+            self.aside_name(),
+            &self.definition[using..]
+        ))
+    }
+}
+
+async fn indexes_of(pool: &PgPool, table: &str) -> Result<Vec<IndexSpec>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.relname::text AS name, pg_get_indexdef(x.indexrelid) AS definition, x.indisunique AS is_unique, \
+           (SELECT c.contype::text FROM pg_constraint c WHERE c.conindid = x.indexrelid LIMIT 1) AS constraint_type \
+         FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+         WHERE x.indrelid = $1::regclass ORDER BY i.relname",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+}
+
+/// Rebuilds `live`; `progress` hears the running count of replayed events. Two rebuilds of one
+/// projection never run at once (the second is refused).
 pub async fn rebuild(
     pool: &PgPool,
     live: Arc<dyn Projection>,
     progress: impl Fn(u64),
 ) -> Result<RebuildReport, ProjectionError> {
+    let mut lock = pool.acquire().await?;
+    let key = format!("connect-ledger rebuild {}", live.name());
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(&key)
+        .fetch_one(&mut *lock)
+        .await?;
+    if !locked {
+        return Err(ProjectionError::Rebuild(format!(
+            "a rebuild of {} is already running",
+            live.name()
+        )));
+    }
+    let result = rebuild_locked(pool, live, progress).await;
+    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(&key)
+        .execute(&mut *lock)
+        .await?;
+    result
+}
+
+async fn rebuild_locked(
+    pool: &PgPool,
+    live: Arc<dyn Projection>,
+    progress: impl Fn(u64),
+) -> Result<RebuildReport, ProjectionError> {
     let aside = live.aside();
+    // Fresh statistics, so the catch-up reads plan an ordered index walk even right after a bulk
+    // load (a few hundred milliseconds: ANALYZE samples).
+    sqlx::query("ANALYZE events").execute(pool).await?;
     let pairs: Vec<(String, String)> = live.tables().into_iter().zip(aside.tables()).collect();
+    // The aside tables get the live tables' indexes under aside names, and every index takes
+    // its live name back at the swap (so later migrations find the names they created).
+    // Building the non-unique ones only after the replay was tried: no faster here, because the
+    // projections read through most of them while applying (docs/performance.md).
+    let mut renames = Vec::new();
     for (live_table, aside_table) in &pairs {
         sqlx::query(&format!("DROP TABLE IF EXISTS {aside_table}"))
             .execute(pool)
             .await?;
         sqlx::query(&format!(
-            "CREATE TABLE {aside_table} (LIKE {live_table} INCLUDING ALL)"
+            "CREATE TABLE {aside_table} (LIKE {live_table} INCLUDING ALL EXCLUDING INDEXES)"
         ))
         .execute(pool)
         .await?;
+        for index in indexes_of(pool, live_table).await? {
+            let create = index.create_on(aside_table)?;
+            sqlx::query(&create).execute(pool).await?;
+            if index.is_unique {
+                let kind = match index.constraint_type.as_deref() {
+                    Some("p") => Some("PRIMARY KEY"),
+                    Some("u") => Some("UNIQUE"),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    sqlx::query(&format!(
+                        "ALTER TABLE {aside_table} ADD CONSTRAINT {name} {kind} USING INDEX {name}",
+                        name = index.aside_name()
+                    ))
+                    .execute(pool)
+                    .await?;
+                }
+            }
+            renames.push((index.aside_name(), index.name));
+        }
     }
     sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
         .bind(aside.name())
@@ -77,6 +173,11 @@ pub async fn rebuild(
             .execute(&mut *tx)
             .await?;
         sqlx::query(&format!("DROP TABLE {old}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (aside_name, live_name) in &renames {
+        sqlx::query(&format!("ALTER INDEX {aside_name} RENAME TO {live_name}"))
             .execute(&mut *tx)
             .await?;
     }

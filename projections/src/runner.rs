@@ -398,12 +398,15 @@ async fn apply_batch(
         .iter()
         .map(|t| (*t).to_owned())
         .collect();
+    // `ORDER BY events.…`: unqualified, `transaction_id` would name the selected bigint cast and
+    // PostgreSQL would sort everything past the checkpoint on each batch instead of walking the
+    // (transaction_id, global_position) index (measured: 1 s instead of 5 ms per 10,000 events).
     let events: Vec<StoredEvent> = sqlx::query_as(&format!(
         "SELECT {STORED_EVENT_COLUMNS} FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
            AND transaction_id < $3::text::xid8 \
            AND aggregate_type = ANY($4) \
-         ORDER BY transaction_id, global_position LIMIT $5"
+         ORDER BY events.transaction_id, events.global_position LIMIT $5"
     ))
     .bind(last_txid.to_string())
     .bind(last_position)

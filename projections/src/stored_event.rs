@@ -1,5 +1,5 @@
 use chrono::{DateTime, Utc};
-use ledger_aggregates::upcasting::upcast;
+use ledger_aggregates::upcasting::{needs_upcast, upcast};
 use serde::de::DeserializeOwned;
 
 use crate::ProjectionError;
@@ -26,8 +26,14 @@ pub const STORED_EVENT_COLUMNS: &str = "global_position, transaction_id::text::b
 impl StoredEvent {
     /// Decodes the payload, upcast from its stored version, into the aggregate's event enum.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, ProjectionError> {
-        let payload = upcast(&self.event_type, &self.event_version, self.payload.clone());
-        serde_json::from_value(payload).map_err(|source| ProjectionError::Decode {
+        let decoded = if needs_upcast(&self.event_type, &self.event_version) {
+            let payload = upcast(&self.event_type, &self.event_version, self.payload.clone());
+            E::deserialize(payload)
+        } else {
+            // Current events are read in place, without copying the payload.
+            E::deserialize(&self.payload)
+        };
+        decoded.map_err(|source| ProjectionError::Decode {
             position: self.global_position,
             event_type: self.event_type.clone(),
             source,
