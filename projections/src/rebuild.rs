@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::runner::{CatchUp, ProjectionRunner, REBUILD_BATCH_SIZE};
+use crate::runner::{lock_projection, CatchUp, ProjectionRunner, REBUILD_BATCH_SIZE};
 use crate::{Projection, ProjectionError};
 
 pub const ASIDE_PREFIX: &str = "rebuild_";
@@ -158,10 +158,7 @@ async fn rebuild_locked(
 
     let mut tx = pool.begin().await?;
     // Hold the live projection: its runners wait (or skip) until the swap is done.
-    sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-        .bind(live.name())
-        .execute(&mut *tx)
-        .await?;
+    lock_projection(&mut tx, live.name(), false).await?;
     report.events += runner.apply_until_done(&mut tx, aside.as_ref()).await?;
     progress(report.events);
     for (live_table, aside_table) in &pairs {

@@ -10,9 +10,10 @@
 //! projection rather than making it skip.
 //!
 //! ## Exactly once
-//! The projection's writes and its checkpoint move in one transaction. The checkpoint row is taken
-//! with `FOR UPDATE SKIP LOCKED`, so among several service instances one runner works on a
-//! projection at a time and the others simply find it busy.
+//! The projection's writes and its checkpoint move in one transaction. The transaction first takes
+//! the projection's advisory lock without waiting (`pg_try_advisory_xact_lock`), so among several
+//! service instances one runner works on a projection at a time and the others simply find it
+//! busy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -365,6 +366,34 @@ impl ProjectionRunner {
     }
 }
 
+/// The namespace of the projections' advisory locks.
+const LOCK_CLASS: i32 = 0x4c45_4447; // "LEDG"
+
+/// Takes the projection's transaction-scoped lock: waits for it, or with `skip_locked` gives up
+/// at once (false) when another runner holds it. An advisory lock, unlike a row lock, does not
+/// give the transaction an id, so the runner's reads and folding do not hold back the horizon
+/// other projections read below; only its final writes do.
+pub async fn lock_projection(
+    conn: &mut PgConnection,
+    name: &str,
+    skip_locked: bool,
+) -> Result<bool, sqlx::Error> {
+    if skip_locked {
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
+            .bind(LOCK_CLASS)
+            .bind(name)
+            .fetch_one(conn)
+            .await
+    } else {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(LOCK_CLASS)
+            .bind(name)
+            .execute(conn)
+            .await?;
+        Ok(true)
+    }
+}
+
 /// One batch inside `conn`'s transaction: how many events it applied and the checkpoint it moved
 /// to, or `None` when another runner holds the projection.
 async fn apply_batch(
@@ -373,20 +402,18 @@ async fn apply_batch(
     skip_locked: bool,
     batch_size: i64,
 ) -> Result<Option<(u64, Option<Checkpoint>)>, ProjectionError> {
-    // Read the horizon before this transaction takes an id of its own (the row lock below).
     let horizon: i64 =
         sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
             .fetch_one(&mut *conn)
             .await?;
-    let lock = if skip_locked {
-        "FOR UPDATE SKIP LOCKED"
-    } else {
-        "FOR UPDATE"
-    };
-    let checkpoint: Option<(i64, i64)> = sqlx::query_as(&format!(
+    if !lock_projection(&mut *conn, projection.name(), skip_locked).await? {
+        return Ok(None);
+    }
+    // Read after the lock: the previous holder's checkpoint is committed by then.
+    let checkpoint: Option<(i64, i64)> = sqlx::query_as(
         "SELECT last_transaction_id::text::bigint, last_position FROM projection_checkpoints \
-         WHERE name = $1 {lock}"
-    ))
+         WHERE name = $1",
+    )
     .bind(projection.name())
     .fetch_optional(&mut *conn)
     .await?;
