@@ -23,6 +23,16 @@ pub struct Service {
 
 impl Service {
     pub fn spawn(database_url: &str, stripe: &FakeStripe, pause_at: Option<&str>) -> Self {
+        Self::spawn_with(database_url, stripe, pause_at, &[])
+    }
+
+    /// Like [`Self::spawn`], with environment overrides; stdout and stderr are both read.
+    pub fn spawn_with(
+        database_url: &str,
+        stripe: &FakeStripe,
+        pause_at: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -36,16 +46,29 @@ impl Service {
             .env("LEDGER_TOKENS", format!("operator:{OPERATOR_TOKEN}"))
             .env("RUST_LOG", "info")
             .env_remove("LEDGER_TEST_PAUSE_AT")
-            .stdout(Stdio::piped());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if let Some(point) = pause_at {
             command.env("LEDGER_TEST_PAUSE_AT", point);
         }
+        for (key, value) in env {
+            command.env(key, value);
+        }
         let mut child = command.spawn().expect("spawn the service");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = channel();
+        let err_tx = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if err_tx.send(line).is_err() {
                     break;
                 }
             }
@@ -71,6 +94,17 @@ impl Service {
             }
         }
         panic!("the service never logged {needle:?}");
+    }
+
+    /// Stops the service and returns every line it wrote that was not consumed yet.
+    pub fn stop_and_collect(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut collected = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            collected.push(line);
+        }
+        collected
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -11,5 +11,6 @@ mod http_basics;
 mod projection_races;
 mod refunds;
 mod replay;
+mod secrets;
 mod third_party;
 mod webhooks;
