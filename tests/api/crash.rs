@@ -121,7 +121,7 @@ impl Drop for Service {
     }
 }
 
-async fn connect_app(
+pub async fn connect_app(
     http: &reqwest::Client,
     service: &Service,
     stripe: &FakeStripe,

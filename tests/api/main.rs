@@ -4,6 +4,7 @@
 mod apps;
 mod audit;
 mod binary;
+mod chaos;
 mod connect;
 mod crash;
 mod helpers;

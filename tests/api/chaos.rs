@@ -1,0 +1,414 @@
+//! Fault injection with real processes and real PostgreSQL: the service binary is killed with
+//! SIGKILL at random instants while clients connect apps, refund and deliver webhooks, then
+//! restarted. Afterwards every acknowledged request and webhook is reflected, no refund reached
+//! Stripe twice, Stripe and the ledger agree on every charge, the projections equal a rebuild
+//! and the audit chain verifies. `scripts/chaos` runs it with 20 kills (`CHAOS_KILLS`); the test
+//! suite runs 3.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use connect_ledger::fake_stripe::FakeStripe;
+use connect_ledger::webhooks::signature::sign;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::crash::{connect_app, Service};
+use crate::helpers::{fresh_database, OPERATOR_TOKEN};
+
+const BIN: &str = env!("CARGO_BIN_EXE_connect-ledger");
+const SECRET: &str = "whsec_chaos";
+const ACCOUNT: &str = "acct_chaos";
+const CHARGES: usize = 12;
+
+/// What the service acknowledged (2xx) before it died.
+#[derive(Default)]
+struct Acknowledged {
+    refunds: Vec<String>,
+    webhooks: Vec<String>,
+    apps: Vec<String>,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicUsize,
+    acknowledged: AtomicUsize,
+    refused: AtomicUsize,
+    cut: AtomicUsize,
+}
+
+struct Load {
+    address: String,
+    http: reqwest::Client,
+    charges: Vec<String>,
+    acked: Mutex<Acknowledged>,
+    counters: Counters,
+    stop: AtomicBool,
+}
+
+impl Load {
+    fn count(&self, result: &Result<reqwest::Response, reqwest::Error>) -> Option<u16> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(response) if response.status().is_success() => {
+                self.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
+                Some(response.status().as_u16())
+            }
+            Ok(response) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                Some(response.status().as_u16())
+            }
+            Err(_) => {
+                self.counters.cut.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    async fn refunder(&self, tag: String) {
+        let mut n = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            n += 1;
+            let (charge, amount) = {
+                let mut rng = rand::thread_rng();
+                (
+                    self.charges[rng.gen_range(0..self.charges.len())].clone(),
+                    rng.gen_range(50..400),
+                )
+            };
+            let result = self
+                .http
+                .post(format!("{}/v1/refunds", self.address))
+                .bearer_auth(OPERATOR_TOKEN)
+                .json(
+                    &json!({"app": "shop", "purchase_id": format!("pur_{tag}_{n}"),
+                              "charge_id": charge, "approval_id": "appr", "amount": amount,
+                              "requested_by": "chaos"}),
+                )
+                .send()
+                .await;
+            if let (Some(200 | 201), Ok(response)) = (self.count(&result), result) {
+                if let Ok(body) = response.json::<Value>().await {
+                    if let Some(id) = body["id"].as_str() {
+                        self.acked
+                            .lock()
+                            .expect("acked")
+                            .refunds
+                            .push(id.to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn webhooks(&self, tag: String) {
+        let mut n = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            n += 1;
+            let id = format!("evt_chaos_{tag}_{n}");
+            let event = json!({"id": id, "object": "event", "type": "customer.created",
+                "account": ACCOUNT, "created": chrono::Utc::now().timestamp(), "livemode": false,
+                "data": {"object": {"id": format!("cus_{n}"), "object": "customer"}}});
+            let body = serde_json::to_vec(&event).expect("json");
+            let signature = sign(&body, SECRET, chrono::Utc::now().timestamp());
+            let result = self
+                .http
+                .post(format!("{}/api/stripe/webhooks", self.address))
+                .header("Stripe-Signature", signature)
+                .body(body)
+                .send()
+                .await;
+            if self.count(&result) == Some(200) {
+                self.acked.lock().expect("acked").webhooks.push(id);
+            }
+        }
+    }
+
+    async fn registrar(&self, tag: String) {
+        let mut n = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            n += 1;
+            let slug = format!("app-{tag}-{n}");
+            let result = self
+                .http
+                .post(format!("{}/v1/apps", self.address))
+                .bearer_auth(OPERATOR_TOKEN)
+                .json(&json!({"slug": slug, "name": "Chaos app"}))
+                .send()
+                .await;
+            if self.count(&result) == Some(201) {
+                self.acked.lock().expect("acked").apps.push(slug);
+            }
+        }
+    }
+}
+
+fn spawn(database_url: &str, stripe: &FakeStripe) -> Service {
+    Service::spawn_with(
+        database_url,
+        stripe,
+        None,
+        &[
+            ("STRIPE_WEBHOOK_SECRET", SECRET),
+            ("RUST_LOG", "warn,connect_ledger=info"),
+        ],
+    )
+}
+
+async fn cli(database_url: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env_remove("LEDGER_ENV")
+        .output()
+        .await
+        .expect("run the CLI")
+}
+
+async fn read_models(pool: &sqlx::PgPool) -> Vec<Vec<String>> {
+    let mut tables = Vec::new();
+    for (table, order) in [
+        ("apps", "slug"),
+        ("refunds", "id"),
+        ("charges", "charge_id"),
+        ("external_refunds", "stripe_refund_id"),
+        ("audit_entries", "position"),
+    ] {
+        tables.push(
+            sqlx::query_scalar(&format!(
+                "SELECT (to_jsonb(t) - 'projected_at')::text FROM (SELECT * FROM {table} ORDER BY {order}) t"
+            ))
+            .fetch_all(pool)
+            .await
+            .expect("rows"),
+        );
+    }
+    tables
+}
+
+#[tokio::test]
+async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing() {
+    let kills: usize = std::env::var("CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let stripe = FakeStripe::start().await.expect("fake");
+    let database_url = fresh_database().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let mut service = spawn(&database_url, &stripe);
+    connect_app(&http, &service, &stripe, ACCOUNT).await;
+    let charges: Vec<String> = (0..CHARGES)
+        .map(|_| stripe.create_charge(ACCOUNT, 10_000, "usd"))
+        .collect();
+    let acked = Mutex::new(Acknowledged::default());
+    let counters = Counters::default();
+
+    for round in 0..kills {
+        let load = Arc::new(Load {
+            address: service.address.clone(),
+            http: http.clone(),
+            charges: charges.clone(),
+            acked: Mutex::new(Acknowledged::default()),
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+        });
+        let mut clients = tokio::task::JoinSet::new();
+        for task in 0..3 {
+            let load = Arc::clone(&load);
+            clients.spawn(async move { load.refunder(format!("{round}_{task}")).await });
+        }
+        for task in 0..2 {
+            let load = Arc::clone(&load);
+            clients.spawn(async move { load.webhooks(format!("{round}_{task}")).await });
+        }
+        let registrar = Arc::clone(&load);
+        clients.spawn(async move { registrar.registrar(format!("{round}")).await });
+
+        let pause = rand::thread_rng().gen_range(200..1200);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        service.kill9();
+        load.stop.store(true, Ordering::Relaxed);
+        while clients.join_next().await.is_some() {}
+        service = spawn(&database_url, &stripe);
+
+        let mut seen = load.acked.lock().expect("acked");
+        let mut all = acked.lock().expect("acked");
+        all.refunds.append(&mut seen.refunds);
+        all.webhooks.append(&mut seen.webhooks);
+        all.apps.append(&mut seen.apps);
+        for (total, part) in [
+            (&counters.requests, &load.counters.requests),
+            (&counters.acknowledged, &load.counters.acknowledged),
+            (&counters.refused, &load.counters.refused),
+            (&counters.cut, &load.counters.cut),
+        ] {
+            total.fetch_add(part.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    // The last instance finishes what the kills interrupted.
+    let base = service.address.clone();
+    let mut unfinished = Value::Null;
+    for _ in 0..300 {
+        unfinished = http
+            .get(format!("{base}/v1/refunds?status=requested&limit=1000"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if unfinished["refunds"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let acked = acked.into_inner().expect("acked");
+    let mut violations: Vec<String> = Vec::new();
+    if !unfinished["refunds"].as_array().is_some_and(Vec::is_empty) {
+        violations.push(format!("refunds never finished: {unfinished}"));
+    }
+    // 1. Every acknowledged refund is in the ledger, final.
+    for id in &acked.refunds {
+        let refund: Value = http
+            .get(format!("{base}/v1/refunds/{id}"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("refund")
+            .json()
+            .await
+            .expect("json");
+        if !["succeeded", "canceled", "failed"].contains(&refund["status"].as_str().unwrap_or("")) {
+            violations.push(format!("acknowledged refund {id} is {refund}"));
+        }
+    }
+    // 2. Every acknowledged webhook is stored; 3. every acknowledged app exists.
+    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    let stored: HashSet<String> = sqlx::query_scalar("SELECT event_id FROM webhook_events")
+        .fetch_all(&pool)
+        .await
+        .expect("inbox")
+        .into_iter()
+        .collect();
+    for id in acked.webhooks.iter().filter(|id| !stored.contains(*id)) {
+        violations.push(format!("acknowledged webhook {id} lost"));
+    }
+    for slug in &acked.apps {
+        let status = http
+            .get(format!("{base}/v1/apps/{slug}"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("app")
+            .status();
+        if status != 200 {
+            violations.push(format!("acknowledged app {slug} answers {status}"));
+        }
+    }
+    // 4. No refund reached Stripe twice; Stripe and the ledger agree on every charge.
+    let mut stripe_refunds = 0;
+    for charge in &charges {
+        let at_stripe = stripe.refunds_of(charge);
+        stripe_refunds += at_stripe.len();
+        let mut per_ledger_refund: HashMap<String, usize> = HashMap::new();
+        for refund in &at_stripe {
+            let key = refund
+                .metadata
+                .get("ledger_refund_id")
+                .cloned()
+                .unwrap_or_default();
+            *per_ledger_refund.entry(key).or_default() += 1;
+        }
+        for (id, count) in per_ledger_refund.iter().filter(|(_, c)| **c > 1) {
+            violations.push(format!("{id} reached Stripe {count} times"));
+        }
+        let ledger: Value = http
+            .get(format!("{base}/v1/charges/{charge}"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("charge")
+            .json()
+            .await
+            .expect("json");
+        let stripe_refunded = stripe.charge(charge).map_or(0, |c| c.amount_refunded);
+        let ledger_refunded = ledger["refunded"].as_i64().unwrap_or(0);
+        if stripe_refunded != ledger_refunded || stripe_refunded > 10_000 {
+            violations.push(format!(
+                "{charge}: Stripe refunded {stripe_refunded}, the ledger says {ledger_refunded}"
+            ));
+        }
+    }
+    // 5. The projections equal a rebuild; 6. the audit chain verifies.
+    drop(service);
+    let live = read_models(&pool).await;
+    let rebuilt = cli(&database_url, &["projections", "rebuild"]).await;
+    if !rebuilt.status.success() {
+        violations.push(format!(
+            "rebuild failed: {}",
+            String::from_utf8_lossy(&rebuilt.stderr)
+        ));
+    }
+    let after = read_models(&pool).await;
+    for (index, (live, after)) in live.iter().zip(&after).enumerate() {
+        if live != after {
+            violations.push(format!("read model {index} differs from its rebuild"));
+        }
+    }
+    let verified = cli(&database_url, &["audit", "verify"]).await;
+    if !verified.status.success() {
+        violations.push(format!(
+            "audit verify: {}",
+            String::from_utf8_lossy(&verified.stdout)
+        ));
+    }
+
+    let table = BTreeMap::from([
+        ("1 processes killed (SIGKILL)", kills.to_string()),
+        (
+            "2 requests sent",
+            counters.requests.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "3 acknowledged",
+            counters.acknowledged.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "4 refused (4xx/5xx)",
+            counters.refused.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "5 cut by a kill",
+            counters.cut.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "6 acknowledged refunds / webhooks / apps",
+            format!(
+                "{} / {} / {}",
+                acked.refunds.len(),
+                acked.webhooks.len(),
+                acked.apps.len()
+            ),
+        ),
+        ("7 refunds at Stripe", stripe_refunds.to_string()),
+        ("8 invariant violations", violations.len().to_string()),
+    ]);
+    println!("\n| chaos: SIGKILL under mixed load | |\n|---|---:|");
+    for (name, value) in &table {
+        println!("| {} | {value} |", &name[2..]);
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(
+        !acked.refunds.is_empty() && !acked.webhooks.is_empty() && !acked.apps.is_empty(),
+        "the load did something"
+    );
+}
