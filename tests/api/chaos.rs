@@ -252,29 +252,33 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
         }
     }
 
-    // The last instance finishes what the kills interrupted.
+    // The last instance finishes what the kills interrupted: its projections catch up with
+    // what the killed ones wrote, and its worker drives every refund still unanswered.
     let base = service.address.clone();
-    let mut unfinished = Value::Null;
+    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    let mut unfinished: (i64, i64) = (-1, -1);
     for _ in 0..300 {
-        unfinished = http
-            .get(format!("{base}/v1/refunds?status=requested&limit=1000"))
-            .bearer_auth(OPERATOR_TOKEN)
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
-        if unfinished["refunds"].as_array().is_some_and(Vec::is_empty) {
+        unfinished = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events e, projection_checkpoints c WHERE c.name = 'refunds' \
+               AND e.aggregate_type = 'ChargeLedger' \
+               AND (e.transaction_id, e.global_position) > (c.last_transaction_id, c.last_position)), \
+             (SELECT count(*) FROM refunds WHERE status = 'requested')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("progress");
+        if unfinished == (0, 0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
     let acked = acked.into_inner().expect("acked");
     let mut violations: Vec<String> = Vec::new();
-    if !unfinished["refunds"].as_array().is_some_and(Vec::is_empty) {
-        violations.push(format!("refunds never finished: {unfinished}"));
+    if unfinished != (0, 0) {
+        violations.push(format!(
+            "never finished: {} events unprojected, {} refunds unanswered",
+            unfinished.0, unfinished.1
+        ));
     }
     // 1. Every acknowledged refund is in the ledger, final.
     for id in &acked.refunds {
@@ -292,7 +296,6 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
         }
     }
     // 2. Every acknowledged webhook is stored; 3. every acknowledged app exists.
-    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
     let stored: HashSet<String> = sqlx::query_scalar("SELECT event_id FROM webhook_events")
         .fetch_all(&pool)
         .await
@@ -343,8 +346,43 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
         let stripe_refunded = stripe.charge(charge).map_or(0, |c| c.amount_refunded);
         let ledger_refunded = ledger["refunded"].as_i64().unwrap_or(0);
         if stripe_refunded != ledger_refunded || stripe_refunded > 10_000 {
+            let ours: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT id, status || ' ' || COALESCE(stripe_refund_id, '-'), amount FROM refunds WHERE charge_id = $1",
+            )
+            .bind(charge)
+            .fetch_all(&pool)
+            .await
+            .expect("refunds");
+            let ours: HashMap<String, (String, i64)> =
+                ours.into_iter().map(|(id, s, a)| (id, (s, a))).collect();
+            let unmatched: Vec<String> = at_stripe
+                .iter()
+                .filter(|r| {
+                    let id = r
+                        .metadata
+                        .get("ledger_refund_id")
+                        .cloned()
+                        .unwrap_or_default();
+                    ours.get(&id)
+                        .is_none_or(|(s, a)| !s.starts_with("succeeded") || *a != r.amount)
+                })
+                .map(|r| {
+                    let id = r
+                        .metadata
+                        .get("ledger_refund_id")
+                        .cloned()
+                        .unwrap_or_default();
+                    format!(
+                        "stripe {} {} {} for {id}: ledger {:?}",
+                        r.id,
+                        r.amount,
+                        r.status,
+                        ours.get(&id)
+                    )
+                })
+                .collect();
             violations.push(format!(
-                "{charge}: Stripe refunded {stripe_refunded}, the ledger says {ledger_refunded}"
+                "{charge}: Stripe refunded {stripe_refunded}, the ledger says {ledger_refunded}; {unmatched:?}"
             ));
         }
     }
