@@ -1,4 +1,5 @@
-# Sourced by scripts/test: the third-party Stripe fakes the end-to-end tests start on 127.0.0.1.
+# Sourced by scripts/test: the third-party Stripe fakes the end-to-end tests start on 127.0.0.1,
+# and schemathesis, which generates requests from the service's /openapi.json.
 ensure_fakes() {
   local dir=tests/fakes
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
@@ -12,5 +13,9 @@ ensure_fakes() {
   if ! python3 -c "import localstripe, stripe" >/dev/null 2>&1; then
     echo "== installing localstripe and the stripe signature oracle (PyPI)"
     python3 -m pip install --quiet --disable-pip-version-check "localstripe==1.15.10" "stripe==16.1.0"
+  fi
+  if ! python3 -c "import schemathesis" >/dev/null 2>&1; then
+    echo "== installing schemathesis (PyPI), which tests the API from /openapi.json"
+    python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5"
   fi
 }

@@ -37,6 +37,7 @@ pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
         .merge(refunds::router())
         .merge(webhooks::router())
         .merge(audit::router())
+        .route_layer(axum::middleware::from_fn(extract::refuse_nul_in_body))
         .route_layer(axum::middleware::from_fn_with_state(
             tokens,
             auth::require_token,
@@ -50,6 +51,7 @@ pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
         .route_layer(axum::middleware::from_fn(crate::metrics::track_requests))
+        .layer(axum::middleware::from_fn(extract::refuse_nul_in_uri))
         .layer(
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::new([

@@ -159,6 +159,24 @@ async fn run_backfill(
     Json(body): Json<BackfillBody>,
 ) -> Result<Json<backfill::BackfillReport>, ApiError> {
     let until = body.until.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    if body.since < 0 {
+        return Err(ApiError::invalid(
+            "invalid_window",
+            "since is a Unix time in seconds",
+        ));
+    }
+    if let Some(account) = &body.account {
+        let well_formed = account.len() <= 255
+            && account.strip_prefix("acct_").is_some_and(|rest| {
+                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+        if !well_formed {
+            return Err(ApiError::invalid(
+                "invalid_account",
+                "account is a Stripe account id (acct_…)",
+            ));
+        }
+    }
     if body.since > until {
         return Err(ApiError::invalid(
             "invalid_window",

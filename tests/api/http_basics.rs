@@ -141,3 +141,38 @@ async fn the_openapi_document_covers_the_contract() {
         assert!(doc["paths"][path].is_object(), "{path}");
     }
 }
+
+#[tokio::test]
+async fn nul_characters_are_400_and_store_nothing() {
+    let app = spawn_app().await;
+    let body = app
+        .http
+        .post(format!("{}/v1/apps", app.address))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&serde_json::json!({"slug": "shop", "name": "Sh\u{0}op"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(body.status(), 400);
+    assert_eq!(error_code(body).await, "invalid_body");
+    for path in [
+        "/v1/refunds?purchase_id=a%00b",
+        "/v1/refunds/rf_%00",
+        "/v1/apps/sh%00op",
+    ] {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.address))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 400, "{path}");
+        assert_eq!(error_code(response).await, "invalid_request");
+    }
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(events, 0);
+}

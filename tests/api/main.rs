@@ -12,6 +12,7 @@ mod http_basics;
 mod projection_races;
 mod refunds;
 mod replay;
+mod schemathesis;
 mod secrets;
 mod third_party;
 mod webhooks;
