@@ -33,6 +33,9 @@ pub enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Compare an app's refunds in the ledger with Stripe's list of refunds on its account, report
     /// every difference, and store the report (GET /v1/reconciliation/{app}).
     Reconcile {
@@ -52,6 +55,17 @@ pub enum ProjectionsCommand {
     Rebuild {
         /// The projection; all when omitted.
         name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Generate a random token for a role: prints the token (hand it to its holder; it is shown
+    /// once) and the `LEDGER_TOKENS` entry that stores only its SHA-256.
+    Create {
+        /// operator (may do everything) or auditor (may only read).
+        #[arg(long, value_parser = ["operator", "auditor"])]
+        role: String,
     },
 }
 

@@ -1,5 +1,7 @@
 use clap::Parser;
-use connect_ledger::cli::{AuditCommand, Cli, Command, ProjectionsCommand, WebhooksCommand};
+use connect_ledger::cli::{
+    AuditCommand, Cli, Command, ProjectionsCommand, TokenCommand, WebhooksCommand,
+};
 use connect_ledger::config::Config;
 use connect_ledger::startup::{projections, shutdown_signal, Application, Database};
 use connect_ledger::stripe::StripeApi;
@@ -33,6 +35,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         app.run_until_stopped(shutdown_signal()).await?;
         return Ok(true);
     }
+    if let Command::Token(TokenCommand::Create { role }) = &command {
+        let token = format!("cl_{}", hex::encode(rand::random::<[u8; 32]>()));
+        let hash = ledger_aggregates::secret_token::fingerprint(&token);
+        println!("token (shown once; give it to its holder): {token}");
+        println!("LEDGER_TOKENS entry (holds only its SHA-256): {role}:sha256:{hash}");
+        return Ok(true);
+    }
     let database = Database::open(&config).await?;
     let result = one_shot(&config, &database, command).await;
     database.close().await;
@@ -55,7 +64,7 @@ fn stripe(config: &Config) -> anyhow::Result<StripeApi> {
 async fn one_shot(config: &Config, database: &Database, command: Command) -> anyhow::Result<bool> {
     let pool = &database.pool;
     match command {
-        Command::Serve => unreachable!("handled by run"),
+        Command::Serve | Command::Token(_) => unreachable!("handled by run"),
         Command::Migrate => println!("migrations applied"),
         Command::Webhooks(WebhooksCommand::Retry { event }) => {
             let count = inbox::retry(pool, event.as_deref()).await?;

@@ -54,7 +54,8 @@ fn fingerprint_bytes(token: &str) -> [u8; 64] {
 }
 
 impl TokenRegistry {
-    /// Parses `role:token,role:token`.
+    /// Parses `role:token,role:sha256:<hex>,…`: a token itself, or (so that configuration need
+    /// not hold it) the lowercase hex SHA-256 of it, as `connect-ledger token create` prints.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut entries = Vec::new();
         for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -67,13 +68,21 @@ impl TokenRegistry {
                 other => return Err(format!("unknown role {other:?} (operator or auditor)")),
             };
             let token = token.trim();
-            if token.len() < 8 {
-                return Err("tokens must be at least 8 characters".to_owned());
-            }
-            entries.push(TokenEntry {
-                role,
-                fingerprint: fingerprint_bytes(token),
-            });
+            let fingerprint = match token.strip_prefix("sha256:") {
+                Some(hash) => {
+                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err("a sha256: entry is 64 hex digits".to_owned());
+                    }
+                    let mut out = [0u8; 64];
+                    out.copy_from_slice(hash.to_ascii_lowercase().as_bytes());
+                    out
+                }
+                None if token.len() < 8 => {
+                    return Err("tokens must be at least 8 characters".to_owned());
+                }
+                None => fingerprint_bytes(token),
+            };
+            entries.push(TokenEntry { role, fingerprint });
         }
         Ok(Self { entries })
     }
@@ -141,6 +150,21 @@ mod tests {
         assert!(registry.authenticate("").is_none());
         let actor = registry.authenticate("op-secret-1").expect("known").actor;
         assert!(actor.starts_with("operator:") && !actor.contains("op-secret"));
+    }
+
+    #[test]
+    fn hashed_entries_authenticate_the_token_they_hash() {
+        let hash = fingerprint("a-long-operator-token");
+        let registry = TokenRegistry::parse(&format!("operator:sha256:{}", hash.to_uppercase()))
+            .expect("parse");
+        assert_eq!(
+            registry
+                .authenticate("a-long-operator-token")
+                .map(|p| p.role),
+            Some(Role::Operator)
+        );
+        assert!(registry.authenticate(&format!("sha256:{hash}")).is_none());
+        assert!(TokenRegistry::parse("operator:sha256:abc").is_err());
     }
 
     #[test]

@@ -273,3 +273,48 @@ async fn the_cli_rebuilds_every_projection_side_by_side_and_verifies_the_audit_c
         serde_json::from_slice(&verified.stdout).expect("verify prints JSON");
     assert_eq!(report["ok"], false);
 }
+
+#[tokio::test]
+async fn token_create_prints_a_token_and_the_hashed_entry_that_admits_it() {
+    let output = base_command()
+        .args(["token", "create", "--role", "auditor"])
+        .output()
+        .expect("token create");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.split_once(prefix).map(|(_, v)| v.trim().to_owned()))
+            .expect("printed")
+    };
+    let token = field("give it to its holder): ");
+    let entry = field("only its SHA-256): ");
+    assert!(entry.starts_with("auditor:sha256:"), "{entry}");
+    assert!(!entry.contains(&token));
+
+    let stripe = connect_ledger::fake_stripe::FakeStripe::start()
+        .await
+        .expect("fake");
+    let database_url = crate::helpers::fresh_database().await;
+    let mut settings = crate::helpers::settings(&database_url, &stripe);
+    settings.ledger_tokens = Some(entry);
+    let app = crate::helpers::spawn_app_with(settings, stripe).await;
+    let read = app
+        .http
+        .get(format!("{}/v1/apps", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(read.status(), 200);
+    let write = app
+        .http
+        .post(format!("{}/v1/apps", app.address))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"slug": "shop", "name": "Shop"}))
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(write.status(), 403);
+}
