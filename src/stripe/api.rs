@@ -16,6 +16,7 @@ use stripe_core::refund::{CreateRefund, CreateRefundReason, ListRefund};
 use stripe_types::{RangeBoundsTs, RangeQueryTs};
 use url::Url;
 
+use super::circuit::Circuits;
 use super::retry::RetryPolicy;
 
 /// A charge, as much of it as the ledger reads.
@@ -108,13 +109,16 @@ pub enum StripeCallError {
     /// An answer we cannot read (an HTML 502 from a proxy, a truncated body).
     #[error("unreadable answer from Stripe (HTTP {status})")]
     Unreadable { status: u16 },
+    /// Not sent: Stripe kept failing and the circuit is open for this long still.
+    #[error("Stripe keeps failing; not calling it for another {} ms", .retry_in.as_millis())]
+    CircuitOpen { retry_in: std::time::Duration },
 }
 
 impl StripeCallError {
     /// Whether asking again (with the same Idempotency-Key) may give another answer.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Transport(_) => true,
+            Self::Transport(_) | Self::CircuitOpen { .. } => true,
             Self::Unreadable { status } => *status >= 500 || (200..300).contains(status),
             Self::Api {
                 status,
@@ -169,6 +173,8 @@ pub struct StripeApi {
     base: Url,
     secret_key: SecretString,
     policy: RetryPolicy,
+    /// One circuit per endpoint: Stripe's outages are often partial.
+    circuits: std::sync::Arc<Circuits>,
 }
 
 impl std::fmt::Debug for StripeApi {
@@ -191,6 +197,7 @@ impl StripeApi {
             http,
             base,
             secret_key,
+            circuits: std::sync::Arc::new(Circuits::new(policy.base.saturating_mul(10))),
             policy,
         }
     }
@@ -373,8 +380,17 @@ impl StripeApi {
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .body(body);
         }
+        let circuit = self.circuits.of(endpoint);
+        if let Err(retry_in) = circuit.admit() {
+            metrics::counter!("stripe_requests_total", "endpoint" => endpoint, "status" => "circuit_open").increment(1);
+            return Err(StripeCallError::CircuitOpen { retry_in });
+        }
         let started = std::time::Instant::now();
         let response = builder.send().await;
+        circuit.record(match &response {
+            Ok(answer) => answer.status().is_server_error() || answer.status().as_u16() == 429,
+            Err(_) => true,
+        });
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let response = match response {
             Ok(response) => response,

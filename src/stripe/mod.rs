@@ -4,6 +4,7 @@
 //! always prefixes `/v1`; the REST API requests are built by async-stripe (see [`api`]).
 
 pub mod api;
+pub mod circuit;
 pub mod oauth;
 pub mod retry;
 

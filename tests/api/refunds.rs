@@ -532,3 +532,39 @@ async fn auditors_read_refunds_and_charges_but_cannot_refund() {
         .await;
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn a_circuit_stops_hammering_stripe_while_it_is_down_then_lets_the_refund_through() {
+    let (app, charge) = app_with_charge(1000).await;
+    for _ in 0..1000 {
+        app.stripe.inject("refunds.create", Fault::Status(503));
+    }
+    let response = app.refund("shop", &charge, "a1", Some(500)).await;
+    assert_eq!(response.status(), 201, "accepted: the intent is durable");
+    let refund: Value = response.json().await.expect("json");
+    assert_eq!(refund["status"], "requested");
+    // Two seconds of outage: without a circuit the request's and the worker's retries (10 ms
+    // base here) would reach Stripe dozens of times; with it, five failures open the circuit and
+    // only single probes go out, ever more rarely (100 ms, 200 ms, 400 ms, 800 ms, …).
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let posts = |app: &crate::helpers::TestApp| {
+        app.stripe
+            .requests_to("/v1/refunds")
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count()
+    };
+    let during_outage = posts(&app);
+    assert!(
+        (5..=12).contains(&during_outage),
+        "{during_outage} calls reached Stripe in 2 s of outage"
+    );
+    app.stripe.forget_faults();
+    let done = app
+        .wait_for_refund(refund["id"].as_str().expect("id"), |r| {
+            r["status"] == "succeeded"
+        })
+        .await;
+    assert!(done["stripe_refund_id"].is_string());
+    assert_eq!(app.stripe.refunds_of(&charge).len(), 1, "once at Stripe");
+}
