@@ -2,8 +2,8 @@
 //! SIGKILL at random instants while clients connect apps, refund and deliver webhooks, then
 //! restarted. Afterwards every acknowledged request and webhook is reflected, no refund reached
 //! Stripe twice, Stripe and the ledger agree on every charge, the projections equal a rebuild
-//! and the audit chain verifies. `scripts/chaos` runs it with 20 kills (`CHAOS_KILLS`); the test
-//! suite runs 3.
+//! and the audit chain verifies. Three instances share the database (`CHAOS_INSTANCES`); each
+//! round kills one. `scripts/chaos` runs it with 20 kills (`CHAOS_KILLS`); the test suite runs 3.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,7 +40,8 @@ struct Counters {
 }
 
 struct Load {
-    address: String,
+    /// The instances' base URLs; each request goes to one at random.
+    addresses: Vec<String>,
     http: reqwest::Client,
     charges: Vec<String>,
     acked: Mutex<Acknowledged>,
@@ -49,6 +50,10 @@ struct Load {
 }
 
 impl Load {
+    fn address(&self) -> &str {
+        &self.addresses[rand::thread_rng().gen_range(0..self.addresses.len())]
+    }
+
     fn count(&self, result: &Result<reqwest::Response, reqwest::Error>) -> Option<u16> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         match result {
@@ -80,7 +85,7 @@ impl Load {
             };
             let result = self
                 .http
-                .post(format!("{}/v1/refunds", self.address))
+                .post(format!("{}/v1/refunds", self.address()))
                 .bearer_auth(OPERATOR_TOKEN)
                 .json(
                     &json!({"app": "shop", "purchase_id": format!("pur_{tag}_{n}"),
@@ -115,7 +120,7 @@ impl Load {
             let signature = sign(&body, SECRET, chrono::Utc::now().timestamp());
             let result = self
                 .http
-                .post(format!("{}/api/stripe/webhooks", self.address))
+                .post(format!("{}/api/stripe/webhooks", self.address()))
                 .header("Stripe-Signature", signature)
                 .body(body)
                 .send()
@@ -133,7 +138,7 @@ impl Load {
             let slug = format!("app-{tag}-{n}");
             let result = self
                 .http
-                .post(format!("{}/v1/apps", self.address))
+                .post(format!("{}/v1/apps", self.address()))
                 .bearer_auth(OPERATOR_TOKEN)
                 .json(&json!({"slug": slug, "name": "Chaos app"}))
                 .send()
@@ -201,8 +206,17 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    let mut service = spawn(&database_url, &stripe);
-    connect_app(&http, &service, &stripe, ACCOUNT).await;
+    // Several instances share the database, as when the service scales out; each round one of
+    // them is killed and started again while the others keep serving.
+    let instances: usize = std::env::var("CHAOS_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let mut services: Vec<Service> = (0..instances)
+        .map(|_| spawn(&database_url, &stripe))
+        .collect();
+    connect_app(&http, &services[0], &stripe, ACCOUNT).await;
     let charges: Vec<String> = (0..CHARGES)
         .map(|_| stripe.create_charge(ACCOUNT, 10_000, "usd"))
         .collect();
@@ -211,7 +225,7 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
 
     for round in 0..kills {
         let load = Arc::new(Load {
-            address: service.address.clone(),
+            addresses: services.iter().map(|s| s.address.clone()).collect(),
             http: http.clone(),
             charges: charges.clone(),
             acked: Mutex::new(Acknowledged::default()),
@@ -232,10 +246,11 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
 
         let pause = rand::thread_rng().gen_range(200..1200);
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        service.kill9();
+        let victim = rand::thread_rng().gen_range(0..services.len());
+        services.swap_remove(victim).kill9();
         load.stop.store(true, Ordering::Relaxed);
         while clients.join_next().await.is_some() {}
-        service = spawn(&database_url, &stripe);
+        services.push(spawn(&database_url, &stripe));
 
         let mut seen = load.acked.lock().expect("acked");
         let mut all = acked.lock().expect("acked");
@@ -254,7 +269,7 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
 
     // The last instance finishes what the kills interrupted: its projections catch up with
     // what the killed ones wrote, and its worker drives every refund still unanswered.
-    let base = service.address.clone();
+    let base = services[0].address.clone();
     let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
     let mut unfinished: (i64, i64) = (-1, -1);
     for _ in 0..300 {
@@ -387,7 +402,7 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
         }
     }
     // 5. The projections equal a rebuild; 6. the audit chain verifies.
-    drop(service);
+    drop(services);
     let live = read_models(&pool).await;
     let rebuilt = cli(&database_url, &["projections", "rebuild"]).await;
     if !rebuilt.status.success() {
@@ -411,7 +426,10 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
     }
 
     let table = BTreeMap::from([
-        ("1 processes killed (SIGKILL)", kills.to_string()),
+        (
+            "1 processes killed (SIGKILL), instances sharing the database",
+            format!("{kills}, {instances}"),
+        ),
         (
             "2 requests sent",
             counters.requests.load(Ordering::Relaxed).to_string(),
