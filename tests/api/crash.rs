@@ -127,18 +127,30 @@ pub async fn connect_app(
     stripe: &FakeStripe,
     account: &str,
 ) {
-    let base = &service.address;
+    connect_app_as(http, &service.address, stripe, account, OPERATOR_TOKEN).await;
+}
+
+/// Registers the app `shop` and connects it to `account` through the OAuth flow; returns the
+/// bodies of the service's answers.
+pub async fn connect_app_as(
+    http: &reqwest::Client,
+    base: &str,
+    stripe: &FakeStripe,
+    account: &str,
+    token: &str,
+) -> Vec<String> {
     let created = http
         .post(format!("{base}/v1/apps"))
-        .bearer_auth(OPERATOR_TOKEN)
+        .bearer_auth(token)
         .json(&json!({"slug": "shop", "name": "Shop"}))
         .send()
         .await
         .expect("create app");
     assert_eq!(created.status(), 201);
+    let created = created.text().await.expect("body");
     let started: Value = http
         .post(format!("{base}/v1/apps/shop/connect"))
-        .bearer_auth(OPERATOR_TOKEN)
+        .bearer_auth(token)
         .send()
         .await
         .expect("connect")
@@ -156,6 +168,7 @@ pub async fn connect_app(
         .await
         .expect("callback");
     assert_eq!(callback.status(), 303);
+    vec![created, started.to_string()]
 }
 
 async fn crash_at(point: &'static str, refunds_in_stripe_at_crash: usize) {

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use connect_ledger::fake_stripe::{FakeStripe, Fault, FAKE_SECRET_KEY};
 use connect_ledger::webhooks::signature::sign;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::crash::Service;
+use crate::crash::{connect_app_as, Service};
 use crate::helpers::fresh_database;
 
 const OPERATOR: &str = "op-canary-7f3a9c1e5b";
@@ -61,36 +61,9 @@ async fn no_secret_reaches_logs_answers_or_the_audit_log() {
         keep(response.text().await.expect("body"));
     }
     // Connect (the code exchange sends the secret key to Stripe).
-    let created = http
-        .post(format!("{base}/v1/apps"))
-        .bearer_auth(OPERATOR)
-        .json(&json!({"slug": "shop", "name": "Shop"}))
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(created.status(), 201);
-    keep(created.text().await.expect("body"));
-    let started: Value = http
-        .post(format!("{base}/v1/apps/shop/connect"))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .expect("connect")
-        .json()
-        .await
-        .expect("json");
-    keep(started.to_string());
-    let code = stripe.issue_code("acct_canary");
-    let callback = http
-        .get(format!("{base}/api/stripe/connect/callback"))
-        .query(&[
-            ("code", code.as_str()),
-            ("state", started["state"].as_str().unwrap_or_default()),
-        ])
-        .send()
-        .await
-        .expect("callback");
-    assert_eq!(callback.status(), 303);
+    for answer in connect_app_as(&http, &base, &stripe, "acct_canary", OPERATOR).await {
+        keep(answer);
+    }
 
     // Refunds: one that succeeds, one Stripe keeps failing (retries logged), one it refuses.
     let charge = stripe.create_charge("acct_canary", 5000, "usd");
