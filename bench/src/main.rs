@@ -53,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
     let lag = scenarios::projection_lag(&service, &pool, &plan).await?;
     drop(service);
     let rebuild = scenarios::rebuild(&server, &plan).await?;
+    pool.close().await;
+    if let Err(error) = service::drop_databases(&server).await {
+        eprintln!("  could not drop the bench databases: {error}");
+    }
 
     println!();
     println!("| scenario | clients | throughput (/s) | p50 (ms) | p99 (ms) | vs baseline |");

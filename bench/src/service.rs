@@ -10,13 +10,32 @@ pub const TOKEN: &str = "bench-operator-token";
 pub const WEBHOOK_SECRET: &str = "whsec_bench";
 pub const ACCOUNT: &str = "acct_bench";
 
+/// The databases this run created.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 pub async fn fresh_database(server: &str) -> anyhow::Result<String> {
     let name = format!("cl_bench_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&format!("{server}/postgres")).await?;
     admin
         .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
         .await?;
+    CREATED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(name.clone());
     Ok(format!("{server}/{name}"))
+}
+
+/// Drops the databases this run created, once it is done with them.
+pub async fn drop_databases(server: &str) -> anyhow::Result<()> {
+    let names = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await?;
+    for name in names {
+        admin
+            .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+            .await?;
+    }
+    Ok(())
 }
 
 pub struct Service {
