@@ -60,9 +60,25 @@ async fn indexes_of(pool: &PgPool, table: &str) -> Result<Vec<IndexSpec>, sqlx::
     .await
 }
 
+/// Fresh statistics, so the catch-up reads plan an ordered index walk even right after a bulk
+/// load (a few hundred milliseconds: ANALYZE samples).
+async fn analyze_events(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("ANALYZE events").execute(pool).await.map(drop)
+}
+
 /// Rebuilds `live`; `progress` hears the running count of replayed events. Two rebuilds of one
 /// projection never run at once (the second is refused).
 pub async fn rebuild(
+    pool: &PgPool,
+    live: Arc<dyn Projection>,
+    progress: impl Fn(u64),
+) -> Result<RebuildReport, ProjectionError> {
+    analyze_events(pool).await?;
+    rebuild_analyzed(pool, live, progress).await
+}
+
+/// [`rebuild`], the statistics of `events` being fresh already.
+async fn rebuild_analyzed(
     pool: &PgPool,
     live: Arc<dyn Projection>,
     progress: impl Fn(u64),
@@ -93,9 +109,6 @@ async fn rebuild_locked(
     progress: impl Fn(u64),
 ) -> Result<RebuildReport, ProjectionError> {
     let aside = live.aside();
-    // Fresh statistics, so the catch-up reads plan an ordered index walk even right after a bulk
-    // load (a few hundred milliseconds: ANALYZE samples).
-    sqlx::query("ANALYZE events").execute(pool).await?;
     let pairs: Vec<(String, String)> = live.tables().into_iter().zip(aside.tables()).collect();
     // The aside tables get the live tables' indexes under aside names, and every index takes
     // its live name back at the swap (so later migrations find the names they created).
@@ -206,13 +219,14 @@ pub async fn rebuild_all(
     projections: Vec<Arc<dyn Projection>>,
     progress: Progress,
 ) -> Result<Vec<(String, RebuildReport)>, ProjectionError> {
+    analyze_events(pool).await?;
     let mut running = tokio::task::JoinSet::new();
     for (index, projection) in projections.into_iter().enumerate() {
         let (pool, progress) = (pool.clone(), Arc::clone(&progress));
         running.spawn(async move {
             let name = projection.name().to_owned();
             let started = std::time::Instant::now();
-            let report = rebuild(&pool, projection, |n| progress(&name, n)).await?;
+            let report = rebuild_analyzed(&pool, projection, |n| progress(&name, n)).await?;
             tracing::info!(projection = %name, events = report.events, seconds = started.elapsed().as_secs_f64(), "rebuilt");
             Ok::<_, ProjectionError>((index, name, report))
         });

@@ -231,25 +231,24 @@ impl Ledgers {
             unanswered: i64,
         }
         let mut sums: HashMap<&str, Sums> = HashMap::new();
-        let in_flight =
-            |status: &str| matches!(status, "requested" | "pending" | "requires_action");
-        for refund in self.refunds.values() {
-            let sum = sums.entry(refund.charge_id.as_str()).or_default();
-            match refund.status.as_str() {
-                "succeeded" => sum.refunded += refund.amount,
-                status if in_flight(status) => sum.pending += refund.amount,
+        let ours = self
+            .refunds
+            .values()
+            .map(|r| (r.charge_id.as_str(), r.status.as_str(), r.amount, true));
+        let external = self
+            .external
+            .values()
+            .map(|r| (r.charge_id.as_str(), r.status.as_str(), r.amount, false));
+        for (charge_id, status, amount, is_ours) in ours.chain(external) {
+            let sum = sums.entry(charge_id).or_default();
+            match status {
+                "succeeded" => sum.refunded += amount,
+                "requested" | "pending" | "requires_action" => sum.pending += amount,
                 _ => {}
             }
-            if refund.status == "requested" {
-                sum.unanswered += refund.amount;
-            }
-        }
-        for refund in self.external.values() {
-            let sum = sums.entry(refund.charge_id.as_str()).or_default();
-            match refund.status.as_str() {
-                "succeeded" => sum.refunded += refund.amount,
-                status if in_flight(status) => sum.pending += refund.amount,
-                _ => {}
+            // Only our own requests can be waiting for Stripe's first answer.
+            if is_ours && status == "requested" {
+                sum.unanswered += amount;
             }
         }
         let ids: Vec<String> = self.charges.values().map(|c| c.charge_id.clone()).collect();
