@@ -77,3 +77,41 @@ where
     );
     Ok(figure)
 }
+
+/// Starts `op(n)` at a fixed `rate` per second for `duration` (an open loop: arrivals do not wait
+/// for answers, as real traffic does not), at most `max_in_flight` at once; returns how many
+/// completed. Failed operations abort the run.
+pub async fn run_paced<F, Fut>(
+    rate: f64,
+    duration: Duration,
+    max_in_flight: usize,
+    op: F,
+) -> anyhow::Result<usize>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n = 0;
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let permit = Arc::clone(&permits).acquire_owned().await?;
+        let operation = op(n);
+        n += 1;
+        tasks.spawn(async move {
+            let result = operation.await;
+            drop(permit);
+            result
+        });
+    }
+    let mut done = 0;
+    while let Some(result) = tasks.join_next().await {
+        result??;
+        done += 1;
+    }
+    Ok(done)
+}

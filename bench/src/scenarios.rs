@@ -9,9 +9,12 @@ use ledger_projections::rebuild::rebuild_all;
 use sqlx::PgPool;
 
 use crate::baselines::{CQRS, RAW};
-use crate::load::{run, Figure};
+use crate::load::{run, run_paced, Figure};
 use crate::service::{fresh_database, Service, ACCOUNT, TOKEN, WEBHOOK_SECRET};
 use crate::Plan;
+
+/// The name of the refund throughput figure.
+pub const REFUNDS: &str = "refunds (POST → succeeded)";
 
 pub async fn webhooks(service: &Service, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
@@ -87,12 +90,7 @@ async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
 
 /// Refunds through to `succeeded`: each client works on its own charges, a new one every
 /// `REFUNDS_PER_CHARGE` refunds (real charges see a few refunds, not thousands).
-async fn refund_load(
-    service: &Service,
-    plan: &Plan,
-    clients: usize,
-    tag: &'static str,
-) -> anyhow::Result<Figure> {
+async fn refund_load(service: &Service, plan: &Plan, clients: usize) -> anyhow::Result<Figure> {
     const REFUNDS_PER_CHARGE: usize = 4;
     let stripe = service.stripe.clone();
     let charges: Arc<std::sync::Mutex<Vec<(String, usize)>>> = Arc::new(std::sync::Mutex::new(
@@ -101,7 +99,7 @@ async fn refund_load(
             .collect(),
     ));
     let (http, url) = (service.http.clone(), format!("{}/v1/refunds", service.base));
-    run(tag, None, clients, plan.duration, 1.0, move |client, n| {
+    run(REFUNDS, None, clients, plan.duration, 1.0, move |client, n| {
         let (http, url) = (http.clone(), url.clone());
         let charge = {
             let mut all = charges.lock().unwrap_or_else(|p| p.into_inner());
@@ -134,7 +132,7 @@ pub async fn refunds(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::R
     for &clients in &plan.clients {
         let before = event_count(pool).await?;
         let started = Instant::now();
-        let figure = refund_load(service, plan, clients, "refunds (POST → succeeded)").await?;
+        let figure = refund_load(service, plan, clients).await?;
         let events = (event_count(pool).await? - before) as f64 / started.elapsed().as_secs_f64();
         figures.push(figure.clone());
         figures.push(Figure {
@@ -173,18 +171,53 @@ pub async fn reads(service: &Service, plan: &Plan) -> anyhow::Result<Vec<Figure>
 }
 
 pub struct Lag {
-    pub clients: usize,
+    /// Refunds started per second: half the most the service completed in this run.
+    pub rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub rows: i64,
 }
 
-/// Time from a refund's last event commit to its row in `refunds`, under half the largest load.
-pub async fn projection_lag(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Lag> {
-    let clients = plan.clients.iter().max().copied().unwrap_or(64) / 2;
+/// Time from a refund's last event commit to its row in `refunds`, at half the maximum load:
+/// refunds arrive at half the best rate the refund figures reached (an open loop, so a slow
+/// answer does not slow the arrivals down).
+pub async fn projection_lag(
+    service: &Service,
+    pool: &PgPool,
+    plan: &Plan,
+    peak_refunds_per_second: f64,
+) -> anyhow::Result<Lag> {
+    const REFUNDS_PER_CHARGE: usize = 4;
+    let rate = (peak_refunds_per_second / 2.0).max(1.0);
     let started: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
-    refund_load(service, plan, clients, "refunds (lag probe load)").await?;
+    let stripe = service.stripe.clone();
+    let (http, url) = (service.http.clone(), format!("{}/v1/refunds", service.base));
+    let charge = Arc::new(std::sync::Mutex::new((String::new(), REFUNDS_PER_CHARGE)));
+    let completed = run_paced(rate, plan.duration, 512, move |n| {
+        let charge_id = {
+            let mut slot = charge.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.1 >= REFUNDS_PER_CHARGE {
+                *slot = (stripe.create_charge(ACCOUNT, 1_000_000, "usd"), 0);
+            }
+            slot.1 += 1;
+            slot.0.clone()
+        };
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let response = http
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .json(&serde_json::json!({"app": "bench", "purchase_id": format!("lag-{n}"),
+                    "charge_id": charge_id, "approval_id": "a", "amount": 1, "requested_by": "bench"}))
+                .send()
+                .await?;
+            anyhow::ensure!(response.status() == 201, "refund: {}", response.status());
+            Ok(())
+        }
+    })
+    .await?;
+    eprintln!("  lag probe: {completed} refunds at {rate:.0}/s");
     let (p50, p99, rows): (Option<f64>, Option<f64>, i64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), count(*) \
          FROM (SELECT EXTRACT(EPOCH FROM projected_at - updated_at) * 1000 AS ms FROM refunds \
@@ -194,7 +227,7 @@ pub async fn projection_lag(service: &Service, pool: &PgPool, plan: &Plan) -> an
     .fetch_one(pool)
     .await?;
     Ok(Lag {
-        clients,
+        rate,
         p50_ms: p50.unwrap_or(0.0),
         p99_ms: p99.unwrap_or(0.0),
         rows,
@@ -239,12 +272,17 @@ pub async fn rebuild(server: &str, plan: &Plan) -> anyhow::Result<Rebuild> {
     let reports = rebuild_all(
         &pool,
         connect_ledger::startup::projections(),
-        Arc::new(|_: &str, _: u64| {}),
+        Arc::new(move |name: &str, n: u64| {
+            if n as i64 == events {
+                eprintln!(
+                    "  rebuilt {name:<8} {n:>8} events in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }),
     )
     .await?;
-    for (name, report) in reports {
-        eprintln!("  rebuilt {name:<8} {:>8} events", report.events);
-    }
+    drop(reports);
     Ok(Rebuild {
         events,
         seconds: started.elapsed().as_secs_f64(),
