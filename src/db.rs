@@ -16,7 +16,56 @@ pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
+/// Whether an error means the database could not be reached (down, restarting, out of
+/// connections) rather than that it refused a statement: worth retrying, answered 503.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        // 08: connection exception; 57P01-03: shutting down, crashed, starting up;
+        // 53300: too many connections.
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// [`is_unavailable`] for an error a layer above boxed (the event store's), looking through its
+/// sources for the database's own error.
+pub fn is_unavailable_source(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(sqlx) = error.downcast_ref::<sqlx::Error>() {
+            return is_unavailable(sqlx);
+        }
+        current = error.source();
+    }
+    false
+}
+
 /// Applies pending migrations; running it twice is harmless.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_is_told_from_refused() {
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(sqlx::Error::PoolClosed);
+        assert!(is_unavailable_source(boxed.as_ref()));
+        let other: Box<dyn std::error::Error + Send + Sync> = "no".into();
+        assert!(!is_unavailable_source(other.as_ref()));
+    }
 }

@@ -31,6 +31,9 @@ pub enum LedgerError<E: std::error::Error> {
     /// Lost the optimistic-concurrency race too often in a row.
     #[error("the aggregate is contended")]
     Contended,
+    /// The database could not be reached; nothing was decided.
+    #[error("the event store is unreachable: {0}")]
+    Unavailable(String),
     #[error("event store failure: {0}")]
     Store(String),
 }
@@ -39,6 +42,10 @@ fn store_error<E: std::error::Error>(error: AggregateError<E>) -> LedgerError<E>
     match error {
         AggregateError::UserError(e) => LedgerError::Domain(e),
         AggregateError::AggregateConflict => LedgerError::Contended,
+        AggregateError::DatabaseConnectionError(e) => LedgerError::Unavailable(e.to_string()),
+        AggregateError::UnexpectedError(e) if crate::db::is_unavailable_source(e.as_ref()) => {
+            LedgerError::Unavailable(e.to_string())
+        }
         other => LedgerError::Store(other.to_string()),
     }
 }

@@ -191,6 +191,6 @@ async fn run_report(
                     "Stripe could not list the account's refunds",
                 )
             }
-            ReconcileError::Database(e) => ApiError::internal(e),
+            ReconcileError::Database(e) => e.into(),
         })
 }

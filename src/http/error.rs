@@ -64,6 +64,17 @@ impl ApiError {
         )
     }
 
+    /// The database could not be reached: logged, answered 503 so that clients (and Stripe)
+    /// retry; every request of this API is safe to repeat.
+    pub fn database_unavailable(error: impl std::fmt::Display) -> Self {
+        tracing::warn!(%error, "database unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database could not be reached; retry shortly (repeating this request is safe)",
+        )
+    }
+
     /// A fault of ours: logged here once, answered without detail.
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
@@ -115,6 +126,7 @@ where
                 "contended",
                 "too many concurrent changes to the same record; retry shortly",
             ),
+            LedgerError::Unavailable(e) => Self::database_unavailable(e),
             LedgerError::Store(e) => Self::internal(e),
         }
     }
@@ -165,14 +177,18 @@ impl From<RefundError> for ApiError {
                 )
             }
             RefundError::StripeNotConfigured => Self::stripe_not_configured("STRIPE_SECRET_KEY"),
-            RefundError::Database(e) => Self::internal(e),
+            RefundError::Database(e) => e.into(),
         }
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        Self::internal(error)
+        if crate::db::is_unavailable(&error) {
+            Self::database_unavailable(error)
+        } else {
+            Self::internal(error)
+        }
     }
 }
 

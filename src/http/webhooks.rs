@@ -15,6 +15,7 @@ use super::state::AppState;
 use crate::webhooks::backfill;
 use crate::webhooks::envelope::EventEnvelope;
 use crate::webhooks::inbox::{self, Arrival, InboxRow, ReceivedVia};
+use crate::webhooks::inbox_writer::WriteError;
 use crate::webhooks::signature;
 
 /// Stripe's events are small; this leaves room for large objects.
@@ -72,7 +73,12 @@ async fn receive(
     let for_the_ledger = arrival.is_for_the_ledger();
     let new = state.inbox.store(arrival).await.map_err(|error| {
         tracing::error!(%error, event_id = %event.id, "could not store a webhook event");
-        ApiError::internal(error)
+        match error {
+            WriteError::Database(e) if crate::db::is_unavailable(&e) => {
+                ApiError::database_unavailable(e)
+            }
+            other => ApiError::internal(other),
+        }
     })?;
     if new && for_the_ledger {
         state.webhooks.nudge();
@@ -199,7 +205,7 @@ async fn run_backfill(
                     "Stripe could not list events; retry later",
                 )
             }
-            backfill::BackfillError::Database(e) => ApiError::internal(e),
+            backfill::BackfillError::Database(e) => e.into(),
         })?;
     state.webhooks.nudge();
     Ok(Json(report))

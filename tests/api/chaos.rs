@@ -7,7 +7,7 @@
 //! answers, or creates a refund and loses the answer. `scripts/chaos` runs it with 20 kills
 //! (`CHAOS_KILLS`); the test suite runs 3.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use crate::crash::{connect_app, Service};
 use crate::helpers::{fresh_database, OPERATOR_TOKEN};
+use crate::private_cluster::PrivateCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_connect-ledger");
 const SECRET: &str = "whsec_chaos";
@@ -38,6 +39,8 @@ struct Counters {
     requests: AtomicUsize,
     acknowledged: AtomicUsize,
     refused: AtomicUsize,
+    /// Answers 500: a fault of the service's own (an unreachable database is a 503).
+    internal_errors: AtomicUsize,
     cut: AtomicUsize,
 }
 
@@ -52,6 +55,60 @@ struct Load {
 }
 
 impl Load {
+    /// Starts the mixed load on `addresses`: three refunders, two webhook senders, one
+    /// registrar, each tagging what it creates with `tag`.
+    fn start(
+        addresses: Vec<String>,
+        http: &reqwest::Client,
+        charges: &[String],
+        tag: &str,
+    ) -> (Arc<Self>, tokio::task::JoinSet<()>) {
+        let load = Arc::new(Self {
+            addresses,
+            http: http.clone(),
+            charges: charges.to_vec(),
+            acked: Mutex::new(Acknowledged::default()),
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+        });
+        let mut clients = tokio::task::JoinSet::new();
+        for task in 0..3 {
+            let (load, tag) = (Arc::clone(&load), format!("{tag}_{task}"));
+            clients.spawn(async move { load.refunder(tag).await });
+        }
+        for task in 0..2 {
+            let (load, tag) = (Arc::clone(&load), format!("{tag}_{task}"));
+            clients.spawn(async move { load.webhooks(tag).await });
+        }
+        let (registrar, tag) = (Arc::clone(&load), tag.to_owned());
+        clients.spawn(async move { registrar.registrar(tag).await });
+        (load, clients)
+    }
+
+    /// Stops the clients, waits for them, and adds what they saw to the totals.
+    async fn finish(
+        &self,
+        mut clients: tokio::task::JoinSet<()>,
+        acked: &mut Acknowledged,
+        counters: &Counters,
+    ) {
+        self.stop.store(true, Ordering::Relaxed);
+        while clients.join_next().await.is_some() {}
+        let mut seen = self.acked.lock().expect("acked");
+        acked.refunds.append(&mut seen.refunds);
+        acked.webhooks.append(&mut seen.webhooks);
+        acked.apps.append(&mut seen.apps);
+        for (total, part) in [
+            (&counters.requests, &self.counters.requests),
+            (&counters.acknowledged, &self.counters.acknowledged),
+            (&counters.refused, &self.counters.refused),
+            (&counters.internal_errors, &self.counters.internal_errors),
+            (&counters.cut, &self.counters.cut),
+        ] {
+            total.fetch_add(part.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     fn address(&self) -> &str {
         &self.addresses[rand::thread_rng().gen_range(0..self.addresses.len())]
     }
@@ -65,6 +122,11 @@ impl Load {
             }
             Ok(response) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                if response.status() == 500 {
+                    self.counters
+                        .internal_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 Some(response.status().as_u16())
             }
             Err(_) => {
@@ -214,88 +276,21 @@ async fn read_models(pool: &sqlx::PgPool) -> Vec<Vec<String>> {
     tables
 }
 
-#[tokio::test]
-async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing() {
-    let kills: usize = std::env::var("CHAOS_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let stripe = FakeStripe::start().await.expect("fake");
-    let database_url = fresh_database().await;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    // Several instances share the database, as when the service scales out; each round one of
-    // them is killed and started again while the others keep serving.
-    let instances: usize = std::env::var("CHAOS_INSTANCES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
-    let mut services: Vec<Service> = (0..instances)
-        .map(|_| spawn(&database_url, &stripe))
-        .collect();
-    connect_app(&http, &services[0], &stripe, ACCOUNT).await;
-    let charges: Vec<String> = (0..CHARGES)
-        .map(|_| stripe.create_charge(ACCOUNT, 10_000, "usd"))
-        .collect();
-    let acked = Mutex::new(Acknowledged::default());
-    let counters = Counters::default();
-    let mut faults = 0;
-
-    for round in 0..kills {
-        let load = Arc::new(Load {
-            addresses: services.iter().map(|s| s.address.clone()).collect(),
-            http: http.clone(),
-            charges: charges.clone(),
-            acked: Mutex::new(Acknowledged::default()),
-            counters: Counters::default(),
-            stop: AtomicBool::new(false),
-        });
-        let mut clients = tokio::task::JoinSet::new();
-        for task in 0..3 {
-            let load = Arc::clone(&load);
-            clients.spawn(async move { load.refunder(format!("{round}_{task}")).await });
-        }
-        for task in 0..2 {
-            let load = Arc::clone(&load);
-            clients.spawn(async move { load.webhooks(format!("{round}_{task}")).await });
-        }
-        let registrar = Arc::clone(&load);
-        clients.spawn(async move { registrar.registrar(format!("{round}")).await });
-
-        // Stripe misbehaves too: errors, rate limits, slow answers, unreadable answers, and
-        // refunds created whose answer is lost.
-        faults += inject_stripe_faults(&stripe);
-        let pause = rand::thread_rng().gen_range(200..1200);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        let victim = rand::thread_rng().gen_range(0..services.len());
-        services.swap_remove(victim).kill9();
-        load.stop.store(true, Ordering::Relaxed);
-        while clients.join_next().await.is_some() {}
-        services.push(spawn(&database_url, &stripe));
-
-        let mut seen = load.acked.lock().expect("acked");
-        let mut all = acked.lock().expect("acked");
-        all.refunds.append(&mut seen.refunds);
-        all.webhooks.append(&mut seen.webhooks);
-        all.apps.append(&mut seen.apps);
-        for (total, part) in [
-            (&counters.requests, &load.counters.requests),
-            (&counters.acknowledged, &load.counters.acknowledged),
-            (&counters.refused, &load.counters.refused),
-            (&counters.cut, &load.counters.cut),
-        ] {
-            total.fetch_add(part.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-    }
-
+/// Lets the surviving instance finish what the faults interrupted, stops the instances, then
+/// checks every promise; returns the violations and how many refunds Stripe holds.
+#[allow(clippy::too_many_arguments)]
+async fn check_invariants(
+    http: &reqwest::Client,
+    services: Vec<Service>,
+    pool: &sqlx::PgPool,
+    database_url: &str,
+    stripe: &FakeStripe,
+    charges: &[String],
+    acked: &Acknowledged,
+) -> (Vec<String>, usize) {
     // The last instance finishes what the kills interrupted: its projections catch up with
     // what the killed ones wrote, and its worker drives every refund still unanswered.
     let base = services[0].address.clone();
-    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
     let mut unfinished: (i64, i64) = (-1, -1);
     for _ in 0..300 {
         unfinished = sqlx::query_as(
@@ -304,7 +299,7 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
                AND (e.transaction_id, e.global_position) > (c.last_transaction_id, c.last_position)), \
              (SELECT count(*) FROM refunds WHERE status = 'requested')",
         )
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .expect("progress");
         if unfinished == (0, 0) {
@@ -312,7 +307,6 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let acked = acked.into_inner().expect("acked");
     let mut violations: Vec<String> = Vec::new();
     if unfinished != (0, 0) {
         violations.push(format!(
@@ -337,7 +331,7 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
     }
     // 2. Every acknowledged webhook is stored; 3. every acknowledged app exists.
     let stored: HashSet<String> = sqlx::query_scalar("SELECT event_id FROM webhook_events")
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .expect("inbox")
         .into_iter()
@@ -359,7 +353,7 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
     }
     // 4. No refund reached Stripe twice; Stripe and the ledger agree on every charge.
     let mut stripe_refunds = 0;
-    for charge in &charges {
+    for charge in charges {
         let at_stripe = stripe.refunds_of(charge);
         stripe_refunds += at_stripe.len();
         let mut per_ledger_refund: HashMap<String, usize> = HashMap::new();
@@ -390,7 +384,7 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
                 "SELECT id, status || ' ' || COALESCE(stripe_refund_id, '-'), amount FROM refunds WHERE charge_id = $1",
             )
             .bind(charge)
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await
             .expect("refunds");
             let ours: HashMap<String, (String, i64)> =
@@ -428,21 +422,21 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
     }
     // 5. The projections equal a rebuild; 6. the audit chain verifies.
     drop(services);
-    let live = read_models(&pool).await;
-    let rebuilt = cli(&database_url, &["projections", "rebuild"]).await;
+    let live = read_models(pool).await;
+    let rebuilt = cli(database_url, &["projections", "rebuild"]).await;
     if !rebuilt.status.success() {
         violations.push(format!(
             "rebuild failed: {}",
             String::from_utf8_lossy(&rebuilt.stderr)
         ));
     }
-    let after = read_models(&pool).await;
+    let after = read_models(pool).await;
     for (index, (live, after)) in live.iter().zip(&after).enumerate() {
         if live != after {
             violations.push(format!("read model {index} differs from its rebuild"));
         }
     }
-    let verified = cli(&database_url, &["audit", "verify"]).await;
+    let verified = cli(database_url, &["audit", "verify"]).await;
     if !verified.status.success() {
         violations.push(format!(
             "audit verify: {}",
@@ -450,50 +444,255 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
         ));
     }
 
-    let table = BTreeMap::from([
-        (
-            "1 processes killed (SIGKILL), instances sharing the database",
-            format!("{kills}, {instances}"),
-        ),
-        (
-            "2a Stripe faults queued (500, 429, slow, unreadable, answer lost)",
-            faults.to_string(),
-        ),
-        (
-            "2b requests sent",
-            counters.requests.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "3 acknowledged",
-            counters.acknowledged.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "4 refused (4xx/5xx)",
-            counters.refused.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "5 cut by a kill",
-            counters.cut.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "6 acknowledged refunds / webhooks / apps",
-            format!(
-                "{} / {} / {}",
-                acked.refunds.len(),
-                acked.webhooks.len(),
-                acked.apps.len()
-            ),
-        ),
-        ("7 refunds at Stripe", stripe_refunds.to_string()),
-        ("8 invariant violations", violations.len().to_string()),
-    ]);
-    println!("\n| chaos: SIGKILL under mixed load | |\n|---|---:|");
-    for (name, value) in &table {
-        println!(
-            "| {} | {value} |",
-            name.split_once(' ').map_or(*name, |(_, label)| label)
-        );
+    (violations, stripe_refunds)
+}
+
+/// A 500 is a fault of the service's own: a request cut by a kill gets no answer, and an
+/// unreachable database is a 503 (retry later).
+fn no_internal_errors(counters: &Counters, violations: &mut Vec<String>) {
+    let internal = counters.internal_errors.load(Ordering::Relaxed);
+    if internal > 0 {
+        violations.push(format!("{internal} requests answered 500"));
     }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+fn print_table(title: &str, counters: &Counters, acked: &Acknowledged, rows: Vec<(&str, String)>) {
+    println!("\n| {title} | |\n|---|---:|");
+    let load = counters.requests.load(Ordering::Relaxed);
+    let answered = [
+        ("requests sent", load),
+        (
+            "acknowledged",
+            counters.acknowledged.load(Ordering::Relaxed),
+        ),
+        (
+            "refused (4xx/5xx)",
+            counters.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "of which 500",
+            counters.internal_errors.load(Ordering::Relaxed),
+        ),
+        ("cut (no answer)", counters.cut.load(Ordering::Relaxed)),
+    ];
+    let (first, last) = rows.split_at(rows.len().saturating_sub(2));
+    for (name, value) in first {
+        println!("| {name} | {value} |");
+    }
+    for (name, value) in answered {
+        println!("| {name} | {value} |");
+    }
+    println!(
+        "| acknowledged refunds / webhooks / apps | {} / {} / {} |",
+        acked.refunds.len(),
+        acked.webhooks.len(),
+        acked.apps.len()
+    );
+    for (name, value) in last {
+        println!("| {name} | {value} |");
+    }
+}
+
+#[tokio::test]
+async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing() {
+    let kills: usize = std::env::var("CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let stripe = FakeStripe::start().await.expect("fake");
+    let database_url = fresh_database().await;
+    let http = http_client();
+    // Several instances share the database, as when the service scales out; each round one of
+    // them is killed and started again while the others keep serving.
+    let instances: usize = std::env::var("CHAOS_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let mut services: Vec<Service> = (0..instances)
+        .map(|_| spawn(&database_url, &stripe))
+        .collect();
+    connect_app(&http, &services[0], &stripe, ACCOUNT).await;
+    let charges: Vec<String> = (0..CHARGES)
+        .map(|_| stripe.create_charge(ACCOUNT, 10_000, "usd"))
+        .collect();
+    let mut acked = Acknowledged::default();
+    let counters = Counters::default();
+    let mut faults = 0;
+
+    for round in 0..kills {
+        let addresses = services.iter().map(|s| s.address.clone()).collect();
+        let (load, clients) = Load::start(addresses, &http, &charges, &round.to_string());
+        // Stripe misbehaves too: errors, rate limits, slow answers, unreadable answers, and
+        // refunds created whose answer is lost.
+        faults += inject_stripe_faults(&stripe);
+        let pause = rand::thread_rng().gen_range(200..1200);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let victim = rand::thread_rng().gen_range(0..services.len());
+        services.swap_remove(victim).kill9();
+        load.finish(clients, &mut acked, &counters).await;
+        services.push(spawn(&database_url, &stripe));
+    }
+
+    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    let (mut violations, stripe_refunds) = check_invariants(
+        &http,
+        services,
+        &pool,
+        &database_url,
+        &stripe,
+        &charges,
+        &acked,
+    )
+    .await;
+    no_internal_errors(&counters, &mut violations);
+    print_table(
+        "chaos: SIGKILL under mixed load",
+        &counters,
+        &acked,
+        vec![
+            (
+                "processes killed (SIGKILL), instances sharing the database",
+                format!("{kills}, {instances}"),
+            ),
+            (
+                "Stripe faults queued (500, 429, slow, unreadable, answer lost)",
+                faults.to_string(),
+            ),
+            ("refunds at Stripe", stripe_refunds.to_string()),
+            ("invariant violations", violations.len().to_string()),
+        ],
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(
+        !acked.refunds.is_empty() && !acked.webhooks.is_empty() && !acked.apps.is_empty(),
+        "the load did something"
+    );
+}
+
+/// Polls `/readyz` until it answers `want`; returns how long that took, or None after `limit`.
+async fn await_readiness(
+    http: &reqwest::Client,
+    base: &str,
+    want: u16,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        let status = http
+            .get(format!("{base}/readyz"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if status.ok() == Some(want) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// PostgreSQL crashes (immediate shutdown: no checkpoint, every connection cut) under the mixed
+/// load and comes back after a few seconds: the instances say they are not ready while it is
+/// gone, become ready again by themselves, and nothing they acknowledged is lost. The cluster
+/// is the test's own, so the other tests keep their server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_not_ready_then_recovered_and_nothing_lost() {
+    let restarts: usize = std::env::var("CHAOS_PG_RESTARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let cluster = PrivateCluster::start().await;
+    let database_url = cluster.url();
+    let stripe = FakeStripe::start().await.expect("fake");
+    let http = http_client();
+    let services: Vec<Service> = (0..2).map(|_| spawn(&database_url, &stripe)).collect();
+    connect_app(&http, &services[0], &stripe, ACCOUNT).await;
+    let charges: Vec<String> = (0..CHARGES)
+        .map(|_| stripe.create_charge(ACCOUNT, 10_000, "usd"))
+        .collect();
+    let addresses: Vec<String> = services.iter().map(|s| s.address.clone()).collect();
+    let mut acked = Acknowledged::default();
+    let counters = Counters::default();
+    let mut violations = Vec::new();
+    let (mut not_ready_after, mut ready_after) = (Vec::new(), Vec::new());
+
+    for round in 0..restarts {
+        let (load, clients) =
+            Load::start(addresses.clone(), &http, &charges, &format!("pg{round}"));
+        let pause = rand::thread_rng().gen_range(300..1000);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        tokio::task::block_in_place(|| cluster.crash_server());
+        for base in &addresses {
+            match await_readiness(&http, base, 503, Duration::from_secs(10)).await {
+                Some(took) => not_ready_after.push(took),
+                None => violations.push(format!("{base} still ready 10 s after PostgreSQL died")),
+            }
+        }
+        // The load goes on against a service without its database for a while.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::task::block_in_place(|| cluster.start_server());
+        for base in &addresses {
+            match await_readiness(&http, base, 200, Duration::from_secs(60)).await {
+                Some(took) => ready_after.push(took),
+                None => {
+                    violations.push(format!("{base} not ready 60 s after PostgreSQL came back"))
+                }
+            }
+        }
+        // And on against the recovered service: it must acknowledge work again.
+        let acknowledged_before = load.counters.acknowledged.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        if load.counters.acknowledged.load(Ordering::Relaxed) == acknowledged_before {
+            violations.push(format!(
+                "round {round}: nothing acknowledged after recovery"
+            ));
+        }
+        load.finish(clients, &mut acked, &counters).await;
+    }
+
+    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    let (mut found, stripe_refunds) = check_invariants(
+        &http,
+        services,
+        &pool,
+        &database_url,
+        &stripe,
+        &charges,
+        &acked,
+    )
+    .await;
+    violations.append(&mut found);
+    no_internal_errors(&counters, &mut violations);
+    let slowest = |d: &[Duration]| {
+        d.iter()
+            .max()
+            .map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()))
+    };
+    print_table(
+        "chaos: PostgreSQL crashed and restarted under mixed load",
+        &counters,
+        &acked,
+        vec![
+            (
+                "PostgreSQL crashes (immediate stop, 2 s down), instances",
+                format!("{restarts}, 2"),
+            ),
+            ("slowest to report not ready", slowest(&not_ready_after)),
+            ("slowest to be ready again", slowest(&ready_after)),
+            ("refunds at Stripe", stripe_refunds.to_string()),
+            ("invariant violations", violations.len().to_string()),
+        ],
+    );
     assert!(violations.is_empty(), "{violations:#?}");
     assert!(
         !acked.refunds.is_empty() && !acked.webhooks.is_empty() && !acked.apps.is_empty(),

@@ -9,6 +9,7 @@ mod connect;
 mod crash;
 mod helpers;
 mod http_basics;
+mod private_cluster;
 mod projection_races;
 mod refunds;
 mod replay;
