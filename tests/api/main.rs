@@ -12,6 +12,7 @@ mod http_basics;
 mod private_cluster;
 mod projection_races;
 mod refunds;
+mod rejections;
 mod replay;
 mod schemathesis;
 mod secrets;
