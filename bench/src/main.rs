@@ -53,6 +53,21 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if std::env::args().any(|a| a == "--refunds-only") {
+        // Profiling aid: only the refund figures (PostgreSQL statistics, perf).
+        let database = service::fresh_database(&server).await?;
+        let pool = connect_ledger::db::connect(&database).await?;
+        connect_ledger::db::migrate(&pool).await?;
+        let service = service::Service::start(&database).await?;
+        let figures = scenarios::refunds(&service, &pool, &plan).await?;
+        drop(service);
+        pool.close().await;
+        service::drop_databases(&server).await?;
+        for figure in figures {
+            println!("{} {}: {:.0}/s", figure.name, figure.clients, figure.per_second);
+        }
+        return Ok(());
+    }
     let mut figures: Vec<Figure> = Vec::new();
     let database = service::fresh_database(&server).await?;
     let pool = connect_ledger::db::connect(&database).await?;
