@@ -64,7 +64,10 @@ async fn main() -> anyhow::Result<()> {
         pool.close().await;
         service::drop_databases(&server).await?;
         for figure in figures {
-            println!("{} {}: {:.0}/s", figure.name, figure.clients, figure.per_second);
+            println!(
+                "{} {}: {:.0}/s",
+                figure.name, figure.clients, figure.per_second
+            );
         }
         return Ok(());
     }
@@ -77,13 +80,13 @@ async fn main() -> anyhow::Result<()> {
 
     let service = service::Service::start(&database).await?;
     let idle_rss = service.rss_kib();
-    figures.extend(scenarios::webhooks(&service, &plan).await?);
+    figures.extend(scenarios::webhooks(&service, &pool, &plan).await?);
     // Let the worker finish the stored events, so the next figures do not pay for them.
     let drained = scenarios::drain_inbox(&pool).await?;
     eprintln!("  inbox drained in {drained:.1} s");
     figures.extend(scenarios::refunds(&service, &pool, &plan).await?);
     let peak_rss = service.peak_rss_kib();
-    figures.extend(scenarios::reads(&service, &plan).await?);
+    figures.extend(scenarios::reads(&service, &pool, &plan).await?);
     let peak_refunds = figures
         .iter()
         .filter(|f| f.name == scenarios::REFUNDS)

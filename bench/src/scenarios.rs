@@ -16,7 +16,20 @@ use crate::Plan;
 /// The name of the refund throughput figure.
 pub const REFUNDS: &str = "refunds (POST → succeeded)";
 
-pub async fn webhooks(service: &Service, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+/// `ANALYZE` before each figure: the bench fills a fresh database within minutes, faster than
+/// autovacuum (one-minute naps) refreshes its statistics, and plans made from an empty table's
+/// statistics (sequential scans) stay cached on the pooled connections. A database in service
+/// has been analyzed; this measures that steady state.
+pub async fn refresh_statistics(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("ANALYZE").execute(pool).await?;
+    Ok(())
+}
+
+pub async fn webhooks(
+    service: &Service,
+    pool: &PgPool,
+    plan: &Plan,
+) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     // Most of what Stripe delivers to a Connect platform is of types the ledger does not act on
     // (stored as `ignored` on arrival); the ledger's own types are queued for the worker, which
@@ -33,6 +46,7 @@ pub async fn webhooks(service: &Service, plan: &Plan) -> anyhow::Result<Vec<Figu
         ),
     ] {
         for &clients in &plan.clients {
+            refresh_statistics(pool).await?;
             let (http, url) = (
                 service.http.clone(),
                 format!("{}/api/stripe/webhooks", service.base),
@@ -130,6 +144,7 @@ async fn refund_load(service: &Service, plan: &Plan, clients: usize) -> anyhow::
 pub async fn refunds(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for &clients in &plan.clients {
+        refresh_statistics(pool).await?;
         let before = event_count(pool).await?;
         let started = Instant::now();
         let figure = refund_load(service, plan, clients).await?;
@@ -145,7 +160,8 @@ pub async fn refunds(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::R
     Ok(figures)
 }
 
-pub async fn reads(service: &Service, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+pub async fn reads(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+    refresh_statistics(pool).await?;
     let mut figures = Vec::new();
     for (name, path) in [
         ("GET /v1/apps/{slug}", "/v1/apps/bench"),
@@ -189,6 +205,7 @@ pub async fn projection_lag(
 ) -> anyhow::Result<Lag> {
     const REFUNDS_PER_CHARGE: usize = 4;
     let rate = (peak_refunds_per_second / 2.0).max(1.0);
+    refresh_statistics(pool).await?;
     let started: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
     let stripe = service.stripe.clone();

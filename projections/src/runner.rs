@@ -232,13 +232,15 @@ impl ProjectionRunner {
                 .iter()
                 .map(|t| (*t).to_owned())
                 .collect();
+            let at = self.checkpoint(projection.name()).await?;
             let (behind, age): (i64, Option<f64>) = sqlx::query_as(
-                "SELECT count(*), EXTRACT(EPOCH FROM now() - min(e.recorded_at))::float8 FROM events e, \
-                   projection_checkpoints c \
-                 WHERE c.name = $1 AND e.aggregate_type = ANY($2) \
-                   AND (e.transaction_id, e.global_position) > (c.last_transaction_id, c.last_position)",
+                "SELECT count(*), EXTRACT(EPOCH FROM now() - min(recorded_at))::float8 FROM events \
+                 WHERE transaction_id >= $1::text::xid8 \
+                   AND (transaction_id, global_position) > ($1::text::xid8, $2) \
+                   AND aggregate_type = ANY($3)",
             )
-            .bind(projection.name())
+            .bind(at.transaction_id.to_string())
+            .bind(at.position)
             .bind(&types)
             .fetch_one(&self.pool)
             .await?;
@@ -258,15 +260,25 @@ impl ProjectionRunner {
             .iter()
             .map(|t| (*t).to_owned())
             .collect();
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events e, projection_checkpoints c WHERE c.name = $1 \
-               AND e.aggregate_type = ANY($2) \
-               AND (e.transaction_id, e.global_position) > (c.last_transaction_id, c.last_position))",
+        // The checkpoint as bound values, not joined: PostgreSQL can then walk the
+        // (transaction_id, global_position) index from it instead of filtering a scan.
+        let at = self.checkpoint(projection.name()).await?;
+        // The plain range on transaction_id gives the planner an estimate it can trust (a row
+        // comparison alone is guessed at a third of the table), and the order makes the first
+        // match an index walk: a sequential scan here cost 2 ms per look under load.
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT global_position FROM events \
+             WHERE transaction_id >= $1::text::xid8 \
+               AND (transaction_id, global_position) > ($1::text::xid8, $2) \
+               AND aggregate_type = ANY($3) \
+             ORDER BY events.transaction_id, events.global_position LIMIT 1",
         )
-        .bind(projection.name())
+        .bind(at.transaction_id.to_string())
+        .bind(at.position)
         .bind(&types)
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(next.is_some())
     }
 
     /// The place of the latest event of one aggregate, if it has any.
@@ -430,7 +442,8 @@ async fn apply_batch(
     // (transaction_id, global_position) index (measured: 1 s instead of 5 ms per 10,000 events).
     let events: Vec<StoredEvent> = sqlx::query_as(&format!(
         "SELECT {STORED_EVENT_COLUMNS} FROM events \
-         WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+         WHERE transaction_id >= $1::text::xid8 \
+           AND (transaction_id, global_position) > ($1::text::xid8, $2) \
            AND transaction_id < $3::text::xid8 \
            AND aggregate_type = ANY($4) \
          ORDER BY events.transaction_id, events.global_position LIMIT $5"
@@ -442,14 +455,39 @@ async fn apply_batch(
     .bind(batch_size)
     .fetch_all(&mut *conn)
     .await?;
-    let Some(last) = events.last() else {
-        return Ok(Some((0, None)));
+    let current = Checkpoint {
+        transaction_id: last_txid,
+        position: last_position,
     };
-    let next = Checkpoint {
+    let mut next = events.last().map(|last| Checkpoint {
         transaction_id: last.transaction_id,
         position: last.global_position,
+    });
+    if events.is_empty() {
+        // Nothing below the horizon is for this projection: move past the other aggregate
+        // types' events. Otherwise a projection of a rare type (apps) would keep its
+        // checkpoint at its own last event, and every later read from it would walk all the
+        // events written since (measured: 2.2 ms per look under refund load, growing).
+        let tail: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id::text::bigint, global_position FROM events \
+             WHERE transaction_id < $1::text::xid8 \
+             ORDER BY events.transaction_id DESC, events.global_position DESC LIMIT 1",
+        )
+        .bind(horizon.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let tail = tail.map(|(transaction_id, position)| Checkpoint {
+            transaction_id,
+            position,
+        });
+        next = next.max(tail);
+    }
+    let Some(next) = next.filter(|next| *next > current) else {
+        return Ok(Some((0, None)));
     };
-    projection.apply(&mut *conn, &events).await?;
+    if !events.is_empty() {
+        projection.apply(&mut *conn, &events).await?;
+    }
     sqlx::query(
         "UPDATE projection_checkpoints SET last_transaction_id = $2::text::xid8, \
          last_position = $3, updated_at = now() WHERE name = $1",

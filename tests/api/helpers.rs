@@ -238,6 +238,27 @@ impl TestApp {
         panic!("projections did not catch up");
     }
 
+    /// Waits until every projection's checkpoint stands at the log's last event: idle
+    /// projections move past the other types' events too, so the checkpoints stop moving.
+    pub async fn projections_at_head(&self) {
+        for _ in 0..500 {
+            let behind: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM projection_checkpoints c, \
+                   (SELECT transaction_id, global_position FROM events \
+                    ORDER BY transaction_id DESC, global_position DESC LIMIT 1) e \
+                 WHERE (c.last_transaction_id, c.last_position) < (e.transaction_id, e.global_position)",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .expect("checkpoints");
+            if behind == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("projections did not reach the head of the log");
+    }
+
     pub async fn event_types(&self, slug: &str) -> Vec<String> {
         sqlx::query_scalar(
             "SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence",

@@ -201,7 +201,7 @@ async fn every_rejection_is_4xx_and_leaves_the_store_unchanged() {
     assert_eq!(refund.status(), 201);
     app.create_app("shop-two").await;
     let state = app.start_connect("shop-two").await;
-    app.projections_settled().await;
+    app.projections_at_head().await;
     let before = store_fingerprint(&app).await;
 
     let mut wrong = Vec::new();
@@ -236,7 +236,7 @@ async fn every_rejection_is_4xx_and_leaves_the_store_unchanged() {
             wrong.push(format!("callback {query:?}: {location}"));
         }
     }
-    app.projections_settled().await;
+    app.projections_at_head().await;
     let after = store_fingerprint(&app).await;
     assert!(wrong.is_empty(), "not refused: {wrong:#?}");
     let changed: Vec<&String> = before
