@@ -12,11 +12,12 @@ use ledger_aggregates::charge_ledger::ChargeLedger;
 use ledger_aggregates::upcasting::UPCASTS;
 use ledger_aggregates::EventMetadata;
 use ledger_projections::ProjectionRunner;
-use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
 
-type Store<A> = PersistedEventStore<PostgresEventRepository, A>;
+use crate::event_store::EventRepository;
+
+type Store<A> = PersistedEventStore<EventRepository, A>;
 
 /// How often a command is retried after losing an optimistic-concurrency race.
 const MAX_ATTEMPTS: usize = 8;
@@ -88,7 +89,7 @@ where
 {
     fn new(pool: &PgPool) -> Self {
         Self {
-            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+            store: PersistedEventStore::new_event_store(EventRepository::new(pool.clone()))
                 .with_upcasters(upcasters()),
             services: A::Services::default(),
             locks: (0..LOCK_STRIPES)

@@ -1,0 +1,71 @@
+//! The command bus's event repository: one statement per command, in sequence order, and a
+//! second writer of the same sequence refused as an optimistic-concurrency conflict.
+
+use connect_ledger::event_store::EventRepository;
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
+use ledger_aggregates::app_connection::AppConnection;
+use serde_json::json;
+
+use crate::helpers::fresh_database;
+
+fn event(id: &str, sequence: usize, kind: &str) -> SerializedEvent {
+    SerializedEvent::new(
+        id.to_owned(),
+        sequence,
+        "AppConnection".to_owned(),
+        kind.to_owned(),
+        "1.0".to_owned(),
+        json!({ kind: {"n": sequence} }),
+        json!({"actor": "test"}),
+    )
+}
+
+#[tokio::test]
+async fn a_command_appends_in_order_at_once_and_a_second_writer_conflicts() {
+    let url = fresh_database().await;
+    let pool = connect_ledger::db::connect(&url).await.expect("pool");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    let repository = EventRepository::new(pool.clone());
+
+    let first: Vec<SerializedEvent> = (1..=3).map(|n| event("shop", n, "Tested")).collect();
+    repository
+        .persist::<AppConnection>(&first, None)
+        .await
+        .expect("append");
+    let stored: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT sequence, global_position, transaction_id::text FROM events ORDER BY global_position",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("events");
+    let sequences: Vec<i64> = stored.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(
+        sequences,
+        vec![1, 2, 3],
+        "global order follows the sequence"
+    );
+    assert!(
+        stored.iter().all(|(_, _, tx)| *tx == stored[0].2),
+        "one transaction"
+    );
+
+    // Another writer that loaded the aggregate at sequence 2 also tries to write sequence 3
+    // (and 4): nothing of it is stored.
+    let late = vec![event("shop", 3, "Other"), event("shop", 4, "Other")];
+    let refused = repository.persist::<AppConnection>(&late, None).await;
+    assert!(matches!(
+        refused,
+        Err(PersistenceError::OptimisticLockError)
+    ));
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 3);
+    let read = repository
+        .get_events::<AppConnection>("shop")
+        .await
+        .expect("read");
+    assert_eq!(read.len(), 3);
+    assert_eq!(read[2].payload, json!({"Tested": {"n": 3}}));
+}
