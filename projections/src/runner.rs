@@ -442,8 +442,7 @@ async fn apply_batch(
     // (transaction_id, global_position) index (measured: 1 s instead of 5 ms per 10,000 events).
     let events: Vec<StoredEvent> = sqlx::query_as(&format!(
         "SELECT {STORED_EVENT_COLUMNS} FROM events \
-         WHERE transaction_id >= $1::text::xid8 \
-           AND (transaction_id, global_position) > ($1::text::xid8, $2) \
+         WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
            AND transaction_id < $3::text::xid8 \
            AND aggregate_type = ANY($4) \
          ORDER BY events.transaction_id, events.global_position LIMIT $5"
