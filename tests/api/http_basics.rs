@@ -176,3 +176,89 @@ async fn nul_characters_are_400_and_store_nothing() {
         .expect("count");
     assert_eq!(events, 0);
 }
+
+/// The sum of a metric's samples whose labels contain every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_series_move_with_refunds_webhooks_and_stripe_calls() {
+    let app = spawn_app().await;
+    app.connected_app("shop", "acct_metrics").await;
+    let charge = app.stripe.create_charge("acct_metrics", 5_000, "usd");
+    let scrape = || async {
+        app.request(Method::GET, "/metrics", None, None)
+            .await
+            .text()
+            .await
+            .expect("text")
+    };
+    let series: [(&str, &[&str]); 6] = [
+        ("refunds_total", &["status=\"succeeded\""]),
+        (
+            "stripe_requests_total",
+            &["endpoint=\"refunds.create\"", "status=\"200\""],
+        ),
+        (
+            "stripe_request_duration_seconds_count",
+            &["endpoint=\"charges.retrieve\""],
+        ),
+        (
+            "webhook_events_total",
+            &["type=\"customer.created\"", "outcome=\"ignored\""],
+        ),
+        (
+            "http_requests_total",
+            &["route=\"/v1/refunds\"", "status=\"201\""],
+        ),
+        (
+            "http_request_duration_seconds_count",
+            &["route=\"/api/stripe/webhooks\""],
+        ),
+    ];
+    let before = scrape().await;
+
+    let refund = app.refund("shop", &charge, "appr_metrics", Some(700)).await;
+    assert_eq!(refund.status(), 201);
+    let event = serde_json::to_vec(&serde_json::json!({"id": "evt_metrics_1", "object": "event",
+        "type": "customer.created", "account": "acct_metrics", "created": chrono::Utc::now().timestamp(),
+        "livemode": false, "data": {"object": {"id": "cus_1", "object": "customer"}}}))
+    .expect("json");
+    let signature = connect_ledger::webhooks::signature::sign(
+        &event,
+        "whsec_test_secret",
+        chrono::Utc::now().timestamp(),
+    );
+    let delivered = app
+        .http
+        .post(format!("{}/api/stripe/webhooks", app.address))
+        .header("Stripe-Signature", signature)
+        .body(event)
+        .send()
+        .await
+        .expect("deliver");
+    assert_eq!(delivered.status(), 200);
+
+    let after = scrape().await;
+    for (name, labels) in series {
+        let (was, is) = (sample(&before, name, labels), sample(&after, name, labels));
+        assert!(
+            is >= was + 1.0,
+            "{name}{labels:?} did not move: {was} → {is}"
+        );
+    }
+    for gauge in [
+        "projection_lag_events{projection=\"refunds\"}",
+        "projection_lag_seconds{projection=\"audit\"}",
+        "webhook_inbox_depth",
+        "webhook_dead_letters",
+        "stripe_request_duration_seconds_bucket",
+    ] {
+        assert!(after.contains(gauge), "{gauge} missing");
+    }
+}
