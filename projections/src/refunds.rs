@@ -497,6 +497,8 @@ pub struct RefundFilter {
     pub charge_id: Option<String>,
     pub status: Option<String>,
     pub limit: i64,
+    /// The latest first (the dashboard's recent refunds); the API lists oldest first.
+    pub newest_first: bool,
 }
 
 pub async fn list_refunds(
@@ -517,7 +519,11 @@ pub async fn list_refunds(
         }
     }
     query
-        .push(" ORDER BY created_at, id LIMIT ")
+        .push(if filter.newest_first {
+            " ORDER BY created_at DESC, id DESC LIMIT "
+        } else {
+            " ORDER BY created_at, id LIMIT "
+        })
         .push_bind(filter.limit);
     query.build_query_as().fetch_all(pool).await
 }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod connect_callback;
 pub mod context;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -21,7 +22,7 @@ use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -33,6 +34,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
     let request_id = HeaderName::from_static(context::REQUEST_ID_HEADER);
+    let dashboard = dashboard::router(Arc::clone(&tokens));
     let api = apps::router()
         .merge(refunds::router())
         .merge(webhooks::router())
@@ -47,6 +49,7 @@ pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
         .merge(connect_callback::router())
         .merge(webhooks::delivery_router())
         .merge(health::router())
+        .merge(dashboard)
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
@@ -54,8 +57,11 @@ pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
         .layer(axum::middleware::from_fn(extract::refuse_nul_in_uri))
         .layer(
             ServiceBuilder::new()
-                .layer(SetSensitiveRequestHeadersLayer::new([
+                .layer(SetSensitiveHeadersLayer::new([
                     header::AUTHORIZATION,
+                    // The dashboard's cookie holds its token.
+                    header::COOKIE,
+                    header::SET_COOKIE,
                     HeaderName::from_static("stripe-signature"),
                 ]))
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))

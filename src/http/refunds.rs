@@ -261,6 +261,7 @@ async fn get_refunds(
         charge_id: query.charge_id,
         status: query.status,
         limit: query.limit.unwrap_or(100).clamp(1, 1000),
+        newest_first: false,
     };
     Ok(Json(RefundList {
         refunds: list_refunds(&state.pool, &filter).await?,

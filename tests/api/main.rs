@@ -7,6 +7,7 @@ mod binary;
 mod chaos;
 mod connect;
 mod crash;
+mod dashboard;
 mod event_store;
 mod helpers;
 mod http_basics;
