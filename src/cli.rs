@@ -60,12 +60,27 @@ pub enum ProjectionsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Generate a random token for a role: prints the token (hand it to its holder; it is shown
-    /// once) and the `LEDGER_TOKENS` entry that stores only its SHA-256.
+    /// Generate a random token for a role and store its SHA-256 in the database (the service
+    /// admits it at once); prints the token (hand it to its holder: it is shown once) and the
+    /// equivalent `LEDGER_TOKENS` entry, which also holds only the SHA-256.
     Create {
         /// operator (may do everything) or auditor (may only read).
         #[arg(long, value_parser = ["operator", "auditor"])]
         role: String,
+        /// Who or what the token is for (shown by `token list`).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Only print the token and its `LEDGER_TOKENS` entry; touch no database.
+        #[arg(long)]
+        no_store: bool,
+    },
+    /// List the tokens stored in the database (fingerprint prefix, role, label, dates).
+    List,
+    /// Revoke a stored token by its fingerprint (or a unique prefix of at least 8 hex digits);
+    /// the service refuses it from the next request on.
+    Revoke {
+        /// The token's SHA-256 fingerprint, or a unique prefix of it.
+        fingerprint: String,
     },
 }
 

@@ -3,6 +3,7 @@ use connect_ledger::cli::{
     AuditCommand, Cli, Command, ProjectionsCommand, TokenCommand, WebhooksCommand,
 };
 use connect_ledger::config::Config;
+use connect_ledger::http::auth::create_stored_token;
 use connect_ledger::startup::{projections, shutdown_signal, Application, Database};
 use connect_ledger::stripe::StripeApi;
 use connect_ledger::webhooks::{backfill, inbox};
@@ -35,7 +36,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         app.run_until_stopped(shutdown_signal()).await?;
         return Ok(true);
     }
-    if let Command::Token(TokenCommand::Create { role }) = &command {
+    if let Command::Token(TokenCommand::Create {
+        role,
+        no_store: true,
+        ..
+    }) = &command
+    {
         let token = format!("cl_{}", hex::encode(rand::random::<[u8; 32]>()));
         let hash = ledger_aggregates::secret_token::fingerprint(&token);
         println!("token (shown once; give it to its holder): {token}");
@@ -64,7 +70,8 @@ fn stripe(config: &Config) -> anyhow::Result<StripeApi> {
 async fn one_shot(config: &Config, database: &Database, command: Command) -> anyhow::Result<bool> {
     let pool = &database.pool;
     match command {
-        Command::Serve | Command::Token(_) => unreachable!("handled by run"),
+        Command::Serve => unreachable!("handled by run"),
+        Command::Token(command) => return tokens(pool, command).await,
         Command::Migrate => println!("migrations applied"),
         Command::Webhooks(WebhooksCommand::Retry { event }) => {
             let count = inbox::retry(pool, event.as_deref()).await?;
@@ -128,4 +135,74 @@ async fn one_shot(config: &Config, database: &Database, command: Command) -> any
         }
     }
     Ok(true)
+}
+
+/// `token create` (stored), `token list`, `token revoke`.
+async fn tokens(pool: &sqlx::PgPool, command: TokenCommand) -> anyhow::Result<bool> {
+    match command {
+        TokenCommand::Create { role, label, .. } => {
+            let (token, hash) = create_stored_token(pool, &role, &label).await?;
+            println!("token (shown once; give it to its holder): {token}");
+            println!("stored in the database as {role} token {}", &hash[..12]);
+            println!("LEDGER_TOKENS entry (holds only its SHA-256): {role}:sha256:{hash}");
+        }
+        TokenCommand::List => {
+            let rows: Vec<StoredToken> = sqlx::query_as(
+                "SELECT fingerprint, role, label, created_at, revoked_at FROM api_tokens ORDER BY created_at",
+            )
+            .fetch_all(pool)
+            .await?;
+            for row in rows {
+                let state = row.revoked_at.map_or("active".to_owned(), |at| {
+                    format!("revoked {}", at.to_rfc3339())
+                });
+                println!(
+                    "{}  {:<8}  created {}  {state}  {}",
+                    &row.fingerprint[..12],
+                    row.role,
+                    row.created_at.to_rfc3339(),
+                    row.label
+                );
+            }
+        }
+        TokenCommand::Revoke { fingerprint } => {
+            let prefix = fingerprint.trim().to_ascii_lowercase();
+            if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!("give the fingerprint, or at least its first 8 hex digits");
+            }
+            let matching: Vec<String> = sqlx::query_scalar(
+                "SELECT fingerprint FROM api_tokens WHERE starts_with(fingerprint, $1) AND revoked_at IS NULL",
+            )
+            .bind(&prefix)
+            .fetch_all(pool)
+            .await?;
+            match matching.as_slice() {
+                [one] => {
+                    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE fingerprint = $1")
+                        .bind(one)
+                        .execute(pool)
+                        .await?;
+                    println!("revoked {}", &one[..12]);
+                }
+                [] => {
+                    println!("no active stored token has that fingerprint");
+                    return Ok(false);
+                }
+                _ => anyhow::bail!(
+                    "{} active tokens start with {prefix}: give more digits",
+                    matching.len()
+                ),
+            }
+        }
+    }
+    Ok(true)
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredToken {
+    fingerprint: String,
+    role: String,
+    label: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+    revoked_at: Option<chrono::DateTime<chrono::Utc>>,
 }

@@ -121,7 +121,8 @@ impl Application {
             inbox: crate::webhooks::inbox_writer::InboxWriter::start(pool.clone()),
         });
         crate::metrics::handle();
-        let router = http::router(services, Arc::new(config.tokens.clone()));
+        let tokens = http::auth::Authenticator::new(config.tokens.clone(), pool.clone());
+        let router = http::router(services, Arc::new(tokens));
         Ok(Self {
             listener,
             router,

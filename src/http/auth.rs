@@ -1,5 +1,7 @@
-//! Bearer tokens with roles. Tokens are kept only as SHA-256 fingerprints and compared in
-//! constant time; the principal is attached to the request for the event metadata.
+//! Bearer tokens with roles. Tokens are kept only as SHA-256 fingerprints: those of
+//! `LEDGER_TOKENS`, compared in constant time, and those `connect-ledger token create` stored in
+//! the `api_tokens` table, looked up by fingerprint. The principal is attached to the request
+//! for the event metadata.
 
 use axum::extract::Request;
 use axum::http::{header, Method};
@@ -96,20 +98,72 @@ impl TokenRegistry {
                 found = Some(entry.role);
             }
         }
-        found.map(|role| Principal {
-            role,
-            actor: format!(
-                "{}:{}",
-                role.as_str(),
-                String::from_utf8_lossy(&presented[..12])
-            ),
-        })
+        found.map(|role| principal_of(role, &String::from_utf8_lossy(&presented)))
     }
+}
+
+fn principal_of(role: Role, fingerprint: &str) -> Principal {
+    Principal {
+        role,
+        actor: format!("{}:{}", role.as_str(), &fingerprint[..12]),
+    }
+}
+
+/// The configured tokens, then those stored in the database.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    configured: TokenRegistry,
+    pool: sqlx::PgPool,
+}
+
+impl Authenticator {
+    pub fn new(configured: TokenRegistry, pool: sqlx::PgPool) -> Self {
+        Self { configured, pool }
+    }
+
+    /// The principal a presented token names, if any. A revoked stored token names none.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, sqlx::Error> {
+        if let Some(principal) = self.configured.authenticate(token) {
+            return Ok(Some(principal));
+        }
+        let fingerprint = fingerprint(token);
+        let role: Option<String> = sqlx::query_scalar(
+            "SELECT role FROM api_tokens WHERE fingerprint = $1 AND revoked_at IS NULL",
+        )
+        .bind(&fingerprint)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(role.and_then(|role| {
+            let role = match role.as_str() {
+                "operator" => Role::Operator,
+                "auditor" => Role::Auditor,
+                _ => return None,
+            };
+            Some(principal_of(role, &fingerprint))
+        }))
+    }
+}
+
+/// Stores a new token's fingerprint; returns the token (to be shown once) and its fingerprint.
+pub async fn create_stored_token(
+    pool: &sqlx::PgPool,
+    role: &str,
+    label: &str,
+) -> Result<(String, String), sqlx::Error> {
+    let token = format!("cl_{}", hex::encode(rand::random::<[u8; 32]>()));
+    let hash = fingerprint(&token);
+    sqlx::query("INSERT INTO api_tokens (fingerprint, role, label) VALUES ($1, $2, $3)")
+        .bind(&hash)
+        .bind(role)
+        .bind(label)
+        .execute(pool)
+        .await?;
+    Ok((token, hash))
 }
 
 /// Middleware for `/v1`: 401 without a known token, 403 when an auditor tries to write.
 pub async fn require_token(
-    axum::extract::State(registry): axum::extract::State<std::sync::Arc<TokenRegistry>>,
+    axum::extract::State(authenticator): axum::extract::State<std::sync::Arc<Authenticator>>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -119,8 +173,14 @@ pub async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let Some(principal) = token.and_then(|t| registry.authenticate(t)) else {
-        return ApiError::unauthorized().into_response();
+    let found = match token {
+        Some(token) => authenticator.authenticate(token).await,
+        None => Ok(None),
+    };
+    let principal = match found {
+        Ok(Some(principal)) => principal,
+        Ok(None) => return ApiError::unauthorized().into_response(),
+        Err(error) => return ApiError::from(error).into_response(),
     };
     let reads = matches!(*request.method(), Method::GET | Method::HEAD);
     if !reads && principal.role != Role::Operator {

@@ -19,7 +19,7 @@ use ledger_projections::refunds::{find_charge, list_refunds, RefundFilter, Refun
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
-use super::auth::{Principal, TokenRegistry};
+use super::auth::{Authenticator, Principal};
 use super::error::ApiError;
 use super::state::AppState;
 
@@ -27,7 +27,7 @@ const COOKIE: &str = "ledger_dashboard";
 const RECENT_REFUNDS: i64 = 50;
 const AUDIT_PAGE: i64 = 100;
 
-pub fn router(tokens: Arc<TokenRegistry>) -> Router<AppState> {
+pub fn router(tokens: Arc<Authenticator>) -> Router<AppState> {
     Router::new()
         .route("/dashboard", get(overview))
         .route("/dashboard/login", post(login))
@@ -39,15 +39,22 @@ pub fn router(tokens: Arc<TokenRegistry>) -> Router<AppState> {
 }
 
 /// The token in the dashboard's cookie, if it names a principal.
-fn principal(headers: &HeaderMap, tokens: &TokenRegistry) -> Option<Principal> {
-    headers
+async fn principal(
+    headers: &HeaderMap,
+    tokens: &Authenticator,
+) -> Result<Option<Principal>, ApiError> {
+    let token = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
-        .and_then(|(_, token)| tokens.authenticate(token))
+        .map(|(_, token)| token.to_owned());
+    match token {
+        Some(token) => Ok(tokens.authenticate(&token).await?),
+        None => Ok(None),
+    }
 }
 
 fn page(status: StatusCode, title: &str, who: Option<&Principal>, body: Markup) -> Response {
@@ -158,10 +165,10 @@ fn refunds_table(refunds: &[RefundRow]) -> Markup {
 
 async fn overview(
     State(state): State<AppState>,
-    Extension(tokens): Extension<Arc<TokenRegistry>>,
+    Extension(tokens): Extension<Arc<Authenticator>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(who) = principal(&headers, &tokens) else {
+    let Some(who) = principal(&headers, &tokens).await? else {
         return Ok(login_page(StatusCode::OK, None));
     };
     let apps = list_apps(&state.pool).await?;
@@ -211,17 +218,20 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
-    Extension(tokens): Extension<Arc<TokenRegistry>>,
+    Extension(tokens): Extension<Arc<Authenticator>>,
     Form(form): Form<LoginForm>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let token = form.token.trim();
     let valid = !token.is_empty()
         && token
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
-        && tokens.authenticate(token).is_some();
+        && tokens.authenticate(token).await?.is_some();
     if !valid {
-        return login_page(StatusCode::UNAUTHORIZED, Some("That token is not valid."));
+        return Ok(login_page(
+            StatusCode::UNAUTHORIZED,
+            Some("That token is not valid."),
+        ));
     }
     let secure = if state.public_base.scheme() == "https" {
         "; Secure"
@@ -233,7 +243,7 @@ async fn login(
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
-    response
+    Ok(response)
 }
 
 async fn logout() -> Response {
@@ -249,11 +259,11 @@ async fn logout() -> Response {
 
 async fn charge(
     State(state): State<AppState>,
-    Extension(tokens): Extension<Arc<TokenRegistry>>,
+    Extension(tokens): Extension<Arc<Authenticator>>,
     headers: HeaderMap,
     Path(charge_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some(who) = principal(&headers, &tokens) else {
+    let Some(who) = principal(&headers, &tokens).await? else {
         return Ok(login_page(StatusCode::UNAUTHORIZED, None));
     };
     let Some(charge) = find_charge(&state.pool, &charge_id).await? else {
@@ -310,11 +320,11 @@ fn given(value: Option<String>) -> Option<String> {
 
 async fn audit_trail(
     State(state): State<AppState>,
-    Extension(tokens): Extension<Arc<TokenRegistry>>,
+    Extension(tokens): Extension<Arc<Authenticator>>,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(who) = principal(&headers, &tokens) else {
+    let Some(who) = principal(&headers, &tokens).await? else {
         return Ok(login_page(StatusCode::UNAUTHORIZED, None));
     };
     let Ok(Query(query)) = query else {
@@ -422,10 +432,10 @@ async fn audit_trail(
 
 async fn verify(
     State(state): State<AppState>,
-    Extension(tokens): Extension<Arc<TokenRegistry>>,
+    Extension(tokens): Extension<Arc<Authenticator>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(who) = principal(&headers, &tokens) else {
+    let Some(who) = principal(&headers, &tokens).await? else {
         return Ok(login_page(StatusCode::UNAUTHORIZED, None));
     };
     let verification = audit::verify(&state.pool).await?;

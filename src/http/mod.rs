@@ -26,13 +26,13 @@ use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use self::auth::TokenRegistry;
+use self::auth::Authenticator;
 use self::state::AppState;
 
 /// Bodies larger than this are refused with 413 (by the body extractors, in the error shape).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-pub fn router(state: AppState, tokens: Arc<TokenRegistry>) -> Router {
+pub fn router(state: AppState, tokens: Arc<Authenticator>) -> Router {
     let request_id = HeaderName::from_static(context::REQUEST_ID_HEADER);
     let dashboard = dashboard::router(Arc::clone(&tokens));
     let api = apps::router()

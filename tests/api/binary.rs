@@ -277,7 +277,7 @@ async fn the_cli_rebuilds_every_projection_side_by_side_and_verifies_the_audit_c
 #[tokio::test]
 async fn token_create_prints_a_token_and_the_hashed_entry_that_admits_it() {
     let output = base_command()
-        .args(["token", "create", "--role", "auditor"])
+        .args(["token", "create", "--role", "auditor", "--no-store"])
         .output()
         .expect("token create");
     assert!(output.status.success());
@@ -317,4 +317,141 @@ async fn token_create_prints_a_token_and_the_hashed_entry_that_admits_it() {
         .await
         .expect("write");
     assert_eq!(write.status(), 403);
+}
+
+#[tokio::test]
+async fn stored_tokens_are_admitted_listed_and_revoked() {
+    let stripe = connect_ledger::fake_stripe::FakeStripe::start()
+        .await
+        .expect("fake");
+    let database_url = crate::helpers::fresh_database().await;
+    let settings = crate::helpers::settings(&database_url, &stripe);
+    let app = crate::helpers::spawn_app_with(settings, stripe).await;
+    let cli = |args: &[&str]| {
+        base_command()
+            .args(args)
+            .env("DATABASE_URL", &database_url)
+            .output()
+            .expect("cli")
+    };
+    let created = cli(&[
+        "token",
+        "create",
+        "--role",
+        "auditor",
+        "--label",
+        "auditor bot",
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&created.stdout).to_string();
+    let token = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("give it to its holder): ")
+                .map(|(_, t)| t.trim().to_owned())
+        })
+        .expect("token printed");
+    let stored: Vec<(String, String)> = sqlx::query_as("SELECT fingerprint, role FROM api_tokens")
+        .fetch_all(&app.pool)
+        .await
+        .expect("stored");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].0,
+        ledger_aggregates::secret_token::fingerprint(&token)
+    );
+    assert_eq!(stored[0].1, "auditor");
+    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, '') FROM api_tokens t")
+        .fetch_one(&app.pool)
+        .await
+        .expect("dump");
+    assert!(!dump.contains(&token), "the token itself is never stored");
+
+    let request = |method: reqwest::Method| {
+        app.http
+            .request(method, format!("{}/v1/apps", app.address))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"slug": "shop", "name": "Shop"}))
+    };
+    assert_eq!(
+        request(reqwest::Method::GET)
+            .send()
+            .await
+            .expect("read")
+            .status(),
+        200
+    );
+    assert_eq!(
+        request(reqwest::Method::POST)
+            .send()
+            .await
+            .expect("write")
+            .status(),
+        403
+    );
+
+    let listed = cli(&["token", "list"]);
+    let listing = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listing.contains(&stored[0].0[..12])
+            && listing.contains("auditor bot")
+            && listing.contains("active"),
+        "{listing}"
+    );
+    assert!(
+        !cli(&["token", "revoke", "abc"]).status.success(),
+        "too short a prefix"
+    );
+    let revoked = cli(&["token", "revoke", &stored[0].0[..10]]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    assert_eq!(
+        request(reqwest::Method::GET)
+            .send()
+            .await
+            .expect("read")
+            .status(),
+        401
+    );
+    assert!(String::from_utf8_lossy(&cli(&["token", "list"]).stdout).contains("revoked"));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for path in [
+        vec![],
+        vec!["serve"],
+        vec!["migrate"],
+        vec!["projections"],
+        vec!["projections", "rebuild"],
+        vec!["audit"],
+        vec!["audit", "verify"],
+        vec!["reconcile"],
+        vec!["webhooks"],
+        vec!["webhooks", "retry"],
+        vec!["webhooks", "backfill"],
+        vec!["token"],
+        vec!["token", "create"],
+        vec!["token", "list"],
+        vec!["token", "revoke"],
+    ] {
+        let output = base_command()
+            .args(&path)
+            .arg("--help")
+            .output()
+            .expect("help");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{path:?} --help failed");
+        assert!(text.contains("Usage: connect-ledger"), "{path:?}: {text}");
+        // A description above the usage line: the subcommand explains itself.
+        let about = text.lines().next().unwrap_or_default();
+        assert!(about.len() > 10 && !about.starts_with("Usage"), "{path:?}: {text}");
+    }
 }
