@@ -452,6 +452,9 @@ fn every_subcommand_has_help() {
         assert!(text.contains("Usage: connect-ledger"), "{path:?}: {text}");
         // A description above the usage line: the subcommand explains itself.
         let about = text.lines().next().unwrap_or_default();
-        assert!(about.len() > 10 && !about.starts_with("Usage"), "{path:?}: {text}");
+        assert!(
+            about.len() > 10 && !about.starts_with("Usage"),
+            "{path:?}: {text}"
+        );
     }
 }

@@ -79,7 +79,13 @@ impl Service {
             lines,
         };
         let line = service.wait_for_line("listening on", Duration::from_secs(30));
-        let address = line.split("listening on ").nth(1).expect("address").trim();
+        // Plain or JSON logs: the address is what follows, up to the first character that
+        // cannot be part of it.
+        let rest = line.split("listening on ").nth(1).expect("address");
+        let address: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+            .collect();
         service.address = format!("http://{address}");
         service
     }

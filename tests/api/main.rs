@@ -16,6 +16,7 @@ mod projection_races;
 mod refunds;
 mod rejections;
 mod replay;
+mod request_ids;
 mod schemathesis;
 mod secrets;
 mod third_party;
