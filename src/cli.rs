@@ -24,6 +24,14 @@ pub enum Command {
     Serve,
     /// Apply the SQL migrations and exit.
     Migrate,
+    /// Show the whole system: start the service with the embedded database (apart from the real
+    /// one; or DATABASE_URL) and a built-in fake Stripe, connect a sample app, refund, send
+    /// webhooks, verify the audit chain, and print where to look. Runs until Ctrl-C.
+    Demo {
+        /// Stop when the scenario is done instead of serving on.
+        #[arg(long)]
+        once: bool,
+    },
     /// Operate the Stripe webhook inbox.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),

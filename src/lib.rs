@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod embedded;
 pub mod event_store;
 pub mod fake_stripe;

@@ -31,6 +31,10 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let config = cli.settings.validate()?;
     let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Demo { once } = command {
+        connect_ledger::demo::run(config, once).await?;
+        return Ok(true);
+    }
     if let Command::Serve = command {
         let app = Application::build(config).await?;
         app.run_until_stopped(shutdown_signal()).await?;
@@ -70,7 +74,7 @@ fn stripe(config: &Config) -> anyhow::Result<StripeApi> {
 async fn one_shot(config: &Config, database: &Database, command: Command) -> anyhow::Result<bool> {
     let pool = &database.pool;
     match command {
-        Command::Serve => unreachable!("handled by run"),
+        Command::Serve | Command::Demo { .. } => unreachable!("handled by run"),
         Command::Token(command) => return tokens(pool, command).await,
         Command::Migrate => println!("migrations applied"),
         Command::Webhooks(WebhooksCommand::Retry { event }) => {

@@ -429,6 +429,7 @@ fn every_subcommand_has_help() {
         vec![],
         vec!["serve"],
         vec!["migrate"],
+        vec!["demo"],
         vec!["projections"],
         vec!["projections", "rebuild"],
         vec!["audit"],
@@ -457,4 +458,52 @@ fn every_subcommand_has_help() {
             "{path:?}: {text}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_demo_tells_the_whole_story_and_says_where_to_look() {
+    let database_url = crate::helpers::fresh_database().await;
+    let output = tokio::process::Command::new(BIN)
+        .args(["demo", "--once"])
+        .env_remove("LEDGER_TOKENS")
+        .env_remove("STRIPE_SECRET_KEY")
+        .env("DATABASE_URL", &database_url)
+        .env("LEDGER_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "connected to acct_",
+        "full refund",
+        "partial refund",
+        "never twice",
+        "422 amount_exceeds_refundable",
+        "Stripe Dashboard): 200",
+        "refunded 3500",
+        "audit chain: ok true",
+        "/dashboard",
+        "/v1/audit/verify",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks {expected:?}:\n{stdout}"
+        );
+    }
+    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    let (apps, refunds, external): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM apps WHERE status = 'connected'), \
+           (SELECT count(*) FROM refunds WHERE status = 'succeeded'), \
+           (SELECT count(*) FROM external_refunds)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((apps, refunds, external), (1, 2, 1));
 }
