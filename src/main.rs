@@ -133,7 +133,11 @@ async fn one_shot(config: &Config, database: &Database, command: Command) -> any
             return Ok(verification.ok);
         }
         Command::Reconcile { app, since } => {
-            let report = reconcile::run(pool, &stripe(config)?, &app, since).await?;
+            // Progress on stderr; the report, JSON, on stdout.
+            let report = reconcile::run(pool, &stripe(config)?, &app, since, &|step| {
+                eprintln!("{step}");
+            })
+            .await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             return Ok(report.differences.is_empty());
         }

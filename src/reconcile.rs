@@ -67,12 +67,13 @@ struct LedgerRefund {
     status: String,
 }
 
-/// Compares, stores and returns a report.
+/// Compares, stores and returns a report; `progress` hears what it is doing.
 pub async fn run(
     pool: &PgPool,
     stripe: &StripeApi,
     app: &str,
     since: Option<i64>,
+    progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Report, ReconcileError> {
     let account: Option<Option<String>> = sqlx::query_scalar(
         "SELECT COALESCE(stripe_account_id, last_stripe_account_id) FROM apps WHERE slug = $1",
@@ -84,7 +85,12 @@ pub async fn run(
         .ok_or_else(|| ReconcileError::UnknownApp(app.to_owned()))?
         .ok_or_else(|| ReconcileError::NotConnected(app.to_owned()))?;
     let since_time = since.and_then(|s| Utc.timestamp_opt(s, 0).single());
-    let at_stripe = stripe.list_account_refunds(&account, since).await?;
+    progress(&format!("listing the refunds on {account} at Stripe"));
+    let at_stripe = stripe
+        .list_account_refunds(&account, since, &|n| {
+            progress(&format!("  {n} refunds listed"));
+        })
+        .await?;
     // Ours that Stripe answered or that should exist there, and external ones, on this app's charges.
     let ledger: Vec<LedgerRefund> = sqlx::query_as(
         "SELECT r.id AS refund_id, r.stripe_refund_id, r.charge_id, r.amount, r.status FROM refunds r \
@@ -100,6 +106,11 @@ pub async fn run(
     .fetch_all(pool)
     .await?;
 
+    progress(&format!(
+        "comparing {} refunds at Stripe with {} in the ledger",
+        at_stripe.len(),
+        ledger.len()
+    ));
     let by_stripe_id: HashMap<&str, usize> = ledger
         .iter()
         .enumerate()

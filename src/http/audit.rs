@@ -173,7 +173,7 @@ async fn run_report(
         .stripe
         .as_ref()
         .ok_or_else(|| ApiError::stripe_not_configured("STRIPE_SECRET_KEY"))?;
-    reconcile::run(&state.pool, stripe, &app, since)
+    reconcile::run(&state.pool, stripe, &app, since, &|_| {})
         .await
         .map(Json)
         .map_err(|e| match e {

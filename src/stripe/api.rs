@@ -252,22 +252,29 @@ impl StripeApi {
         account: &str,
         charge: &str,
     ) -> Result<Vec<Refund>, StripeCallError> {
-        self.all_refunds(account, |list| list.charge(charge)).await
+        self.all_refunds(account, |list| list.charge(charge), &|_| {})
+            .await
     }
 
     /// `GET /v1/refunds` on a connected account: every refund, optionally created since `since`.
+    /// Every refund on a connected account (since a time); `on_page` hears the running count.
     pub async fn list_account_refunds(
         &self,
         account: &str,
         since: Option<i64>,
+        on_page: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<Refund>, StripeCallError> {
-        self.all_refunds(account, |list| match since {
-            Some(since) => list.created(RangeQueryTs::Bounds(RangeBoundsTs {
-                gte: Some(since),
-                ..RangeBoundsTs::default()
-            })),
-            None => list,
-        })
+        self.all_refunds(
+            account,
+            |list| match since {
+                Some(since) => list.created(RangeQueryTs::Bounds(RangeBoundsTs {
+                    gte: Some(since),
+                    ..RangeBoundsTs::default()
+                })),
+                None => list,
+            },
+            on_page,
+        )
         .await
     }
 
@@ -276,6 +283,7 @@ impl StripeApi {
         &self,
         account: &str,
         filter: impl Fn(ListRefund) -> ListRefund,
+        on_page: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<Refund>, StripeCallError> {
         let mut all: Vec<Refund> = Vec::new();
         loop {
@@ -291,6 +299,7 @@ impl StripeApi {
                 .await?;
             let more = page.has_more && !page.data.is_empty();
             all.extend(page.data);
+            on_page(all.len());
             if !more {
                 return Ok(all);
             }

@@ -507,3 +507,45 @@ async fn the_demo_tells_the_whole_story_and_says_where_to_look() {
     .expect("counts");
     assert_eq!((apps, refunds, external), (1, 2, 1));
 }
+
+#[tokio::test]
+async fn reconcile_shows_its_progress_and_prints_the_report() {
+    let app = crate::helpers::spawn_app().await;
+    app.connected_app("alpha", "acct_cli_reconcile").await;
+    let charge = app.stripe.create_charge("acct_cli_reconcile", 5_000, "usd");
+    assert_eq!(
+        app.refund("alpha", &charge, "appr_cli", Some(1_200))
+            .await
+            .status(),
+        201
+    );
+    app.projections_settled().await;
+    let output = tokio::process::Command::new(BIN)
+        .args(["reconcile", "--app", "alpha"])
+        .env_remove("LEDGER_TOKENS")
+        .env("DATABASE_URL", &app.database_url)
+        .env(
+            "STRIPE_SECRET_KEY",
+            connect_ledger::fake_stripe::FAKE_SECRET_KEY,
+        )
+        .env("STRIPE_API_BASE", app.stripe.base_url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("reconcile");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}{stderr}");
+    for step in [
+        "listing the refunds on acct_cli_reconcile",
+        "1 refunds listed",
+        "comparing 1 refunds at Stripe with 1 in the ledger",
+    ] {
+        assert!(stderr.contains(step), "progress lacks {step:?}: {stderr}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("the report, JSON");
+    assert_eq!(report["checked"], 1, "{report}");
+    assert_eq!(report["differences"].as_array().map(Vec::len), Some(0));
+}
