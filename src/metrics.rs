@@ -44,6 +44,10 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`.
+/// Prometheus text exposition (docs/api.md lists the series).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "metrics", content_type = "text/plain", body = String,
+        example = json!("http_requests_total{method=\"GET\",route=\"/v1/apps\",status=\"200\"} 3"))))]
 pub async fn render(State(state): State<AppState>) -> Response {
     if let Ok(lags) = state.ledger.projections.lag().await {
         for lag in lags {

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use crate::refunds::METADATA_REFUND_ID;
 use crate::stripe::{StripeApi, StripeCallError};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DifferenceKind {
     /// Stripe has a refund the ledger does not know.
@@ -21,7 +21,7 @@ pub enum DifferenceKind {
     StatusDiffers,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Difference {
     pub kind: DifferenceKind,
     pub stripe_refund_id: Option<String>,
@@ -34,7 +34,8 @@ pub struct Difference {
     pub stripe_status: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": 7, "app": "total-typescript", "since": null, "created_at": "2026-11-22T10:00:00Z", "checked": 12, "differences": []}))]
 pub struct Report {
     pub id: i64,
     pub app: String,

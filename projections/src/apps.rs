@@ -178,7 +178,8 @@ const RECORD_COLUMNS: &str = "id, slug, name, status, stripe_account_id, livemod
      last_connect_error, attention_reason, last_stripe_account_id, created_at, updated_at";
 
 /// An app as the API shows it, read from the `apps` table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(example = json!({"slug": "total-typescript", "name": "Total TypeScript", "status": "connected", "stripe_account_id": "acct_1Nv0FGQ9RKHgCVdK", "livemode": false, "connected_at": "2026-11-22T10:00:00Z"}))]
 pub struct AppRow {
     pub slug: String,
     pub name: String,

@@ -313,7 +313,7 @@ impl EntryColumns<'_> {
 }
 
 /// One audit entry as auditors read it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub position: i64,
     pub recorded_at: DateTime<Utc>,
@@ -329,6 +329,8 @@ pub struct AuditEntry {
     pub purchase_id: Option<String>,
     pub charge_id: Option<String>,
     pub refund_id: Option<String>,
+    /// The event's own fields.
+    #[schema(value_type = Object)]
     pub data: Value,
 }
 
@@ -390,7 +392,7 @@ pub async fn query(
 }
 
 /// What `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Verification {
     pub ok: bool,
     pub checked: i64,

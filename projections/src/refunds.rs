@@ -457,7 +457,8 @@ const EXTERNAL_COLUMNS: &str =
     "stripe_refund_id, charge_id, amount, status, failure_reason, updated_at";
 
 /// A refund as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(example = json!({"id": "rf_0d4c", "app": "total-typescript", "purchase_id": "pur_123", "charge_id": "ch_3Abc", "approval_id": "appr_9", "amount": 2000, "currency": "usd", "reason": "requested_by_customer", "status": "succeeded", "stripe_refund_id": "re_3Abc", "failure_reason": null, "idempotency_key": "refund:pur_123:appr_9", "requested_by": "agent@support.example", "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:01Z"}))]
 pub struct RefundRow {
     pub id: String,
     pub app: String,
@@ -546,7 +547,7 @@ pub async fn refunds_to_drive(
 }
 
 /// A charge's ledger as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ChargeRow {
     pub charge_id: String,
     pub app: String,

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::context::ApiCommand;
 use super::error::ApiError;
 use super::extract::Json;
+use super::openapi::ErrorBody;
 use super::state::AppState;
 use crate::stripe::OAuthError;
 
@@ -30,21 +31,26 @@ pub fn router() -> Router<AppState> {
         .route("/v1/apps/{slug}/disconnect", post(disconnect))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateApp {
+#[schema(example = json!({"slug": "total-typescript", "name": "Total TypeScript"}))]
+pub struct CreateApp {
+    #[schema(pattern = "^[a-z0-9-]{1,64}$")]
     slug: String,
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
 }
 
-#[derive(Debug, Serialize)]
-struct AppList {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AppList {
     apps: Vec<AppRow>,
 }
 
-#[derive(Debug, Serialize)]
-struct ConnectStarted {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConnectStarted {
+    /// Where to send the app's owner: Stripe's consent page.
     authorize_url: String,
+    /// Single-use, bound to this app, expiring.
     state: String,
     expires_at: DateTime<Utc>,
 }
@@ -74,6 +80,19 @@ async fn app_after_command(state: &AppState, slug: &Slug) -> Result<AppRow, ApiE
         .ok_or_else(|| AppConnectionError::AppNotFound.into())
 }
 
+/// Register an app.
+#[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = CreateApp,
+    responses(
+        (status = 201, description = "the app", body = AppRow,
+         example = json!({"slug": "total-typescript", "name": "Total TypeScript", "status": "disconnected",
+                          "stripe_account_id": null, "livemode": null, "connected_at": null})),
+        (status = 400, description = "unreadable body", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "an auditor's token", body = ErrorBody),
+        (status = 409, description = "slug_taken", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "invalid_slug or invalid_name", body = ErrorBody)))]
 async fn create_app(
     State(state): State<AppState>,
     ApiCommand(meta): ApiCommand,
@@ -95,12 +114,23 @@ async fn create_app(
     Ok((StatusCode::CREATED, Json(app)))
 }
 
+/// Every app, from the `apps` table.
+#[utoipa::path(get, path = "/v1/apps", tag = "apps",
+    responses((status = 200, description = "the apps", body = AppList),
+              (status = 401, description = "no or unknown token", body = ErrorBody)))]
 async fn get_apps(State(state): State<AppState>) -> Result<Json<AppList>, ApiError> {
     Ok(Json(AppList {
         apps: list_apps(&state.pool).await?,
     }))
 }
 
+/// One app.
+#[utoipa::path(get, path = "/v1/apps/{slug}", tag = "apps", params(("slug" = String, Path, description = "the app's slug")),
+    responses((status = 200, description = "the app", body = AppRow,
+               example = json!({"slug": "total-typescript", "name": "Total TypeScript", "status": "connected",
+                                "stripe_account_id": "acct_1Nv0FGQ9RKHgCVdK", "livemode": false, "connected_at": "2026-11-22T10:00:00Z"})),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 404, description = "app_not_found", body = ErrorBody)))]
 async fn get_app(
     State(state): State<AppState>,
     Path(slug): Path<String>,
@@ -123,6 +153,16 @@ fn new_state(slug: &Slug) -> String {
     )
 }
 
+/// Start the Connect OAuth flow: a fresh CSRF `state` and Stripe's consent URL.
+#[utoipa::path(post, path = "/v1/apps/{slug}/connect", tag = "apps", params(("slug" = String, Path, description = "the app's slug")),
+    responses((status = 200, description = "where to send the owner", body = ConnectStarted,
+               example = json!({"authorize_url": "https://connect.stripe.com/oauth/authorize?response_type=code&client_id=ca_123&scope=read_write&redirect_uri=https%3A%2F%2Fledger.example%2Fapi%2Fstripe%2Fconnect%2Fcallback&state=total-typescript.Zm9v",
+                                "state": "total-typescript.Zm9v", "expires_at": "2026-11-22T10:15:00Z"})),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 403, description = "an auditor's token", body = ErrorBody),
+              (status = 404, description = "app_not_found", body = ErrorBody),
+              (status = 409, description = "app_already_connected", body = ErrorBody),
+              (status = 503, description = "stripe_not_configured", body = ErrorBody)))]
 async fn start_connect(
     State(state): State<AppState>,
     ApiCommand(meta): ApiCommand,
@@ -152,6 +192,14 @@ async fn start_connect(
     }))
 }
 
+/// Deauthorize the app's account at Stripe and disconnect it.
+#[utoipa::path(post, path = "/v1/apps/{slug}/disconnect", tag = "apps", params(("slug" = String, Path, description = "the app's slug")),
+    responses((status = 200, description = "the app, disconnected", body = AppRow),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 403, description = "an auditor's token", body = ErrorBody),
+              (status = 404, description = "app_not_found", body = ErrorBody),
+              (status = 409, description = "app_not_connected", body = ErrorBody),
+              (status = 502, description = "stripe_unavailable or stripe_refused", body = ErrorBody)))]
 async fn disconnect(
     State(state): State<AppState>,
     ApiCommand(meta): ApiCommand,

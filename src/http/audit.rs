@@ -8,11 +8,12 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use ledger_aggregates::Source;
 use ledger_projections::audit::{self, AuditEntry, AuditFilter, Verification};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::extract::{Json, Query};
+use super::openapi::ErrorBody;
 use super::state::AppState;
 use crate::reconcile::{self, ReconcileError};
 
@@ -26,18 +27,32 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
     app: Option<String>,
     purchase_id: Option<String>,
     charge_id: Option<String>,
     refund_id: Option<String>,
+    /// api, stripe_webhook or system.
     source: Option<String>,
+    /// On `recorded_at`, RFC 3339.
     since: Option<DateTime<Utc>>,
+    /// On `recorded_at`, RFC 3339, exclusive.
     until: Option<DateTime<Utc>>,
+    /// The position cursor: entries after it.
     after: Option<i64>,
+    /// 1 to 1000, default 100.
     limit: Option<i64>,
+}
+
+/// A page of the audit log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    entries: Vec<AuditEntry>,
+    /// The cursor of the next page (`after`), if there is one.
+    next: Option<i64>,
 }
 
 fn wants_csv(headers: &HeaderMap) -> bool {
@@ -96,6 +111,19 @@ fn csv_body(entries: &[AuditEntry]) -> Result<String, ApiError> {
     String::from_utf8(bytes).map_err(ApiError::internal)
 }
 
+/// Audit entries, oldest first, filtered and paged; CSV with `Accept: text/csv` (the next cursor
+/// in `X-Next-Position`).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, description = "a page of entries", content(
+                  (AuditPage = "application/json", example = json!({"entries": [{"position": 1, "recorded_at": "2026-11-22T10:00:00Z",
+                      "aggregate_type": "AppConnection", "aggregate_id": "total-typescript", "sequence": 1, "event_type": "AppRegistered",
+                      "source": "api", "actor": "operator:3559b50c80b0", "correlation_id": "6f1c…", "stripe_event_id": null,
+                      "app": "total-typescript", "purchase_id": null, "charge_id": null, "refund_id": null,
+                      "data": {"slug": "total-typescript", "name": "Total TypeScript"}}], "next": null})),
+                  (String = "text/csv"))),
+              (status = 400, description = "unreadable query", body = ErrorBody),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 422, description = "invalid_source", body = ErrorBody)))]
 async fn entries(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -134,13 +162,23 @@ async fn entries(
         }
         return Ok(response);
     }
-    Ok(Json(json!({"entries": entries, "next": next})).into_response())
+    Ok(Json(AuditPage { entries, next }).into_response())
 }
 
+/// Recompute the audit log's hash chain.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, description = "the verification", body = Verification,
+               example = json!({"ok": true, "checked": 120, "first_bad_position": null, "head": "015cb982…"})),
+              (status = 401, description = "no or unknown token", body = ErrorBody)))]
 async fn verify(State(state): State<AppState>) -> Result<Json<Verification>, ApiError> {
     Ok(Json(audit::verify(&state.pool).await?))
 }
 
+/// The latest reconciliation report of an app.
+#[utoipa::path(get, path = "/v1/reconciliation/{app}", tag = "audit", params(("app" = String, Path, description = "the app's slug")),
+    responses((status = 200, description = "the report", body = reconcile::Report),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 404, description = "report_not_found", body = ErrorBody)))]
 async fn latest_report(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -157,12 +195,26 @@ async fn latest_report(
         })
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RunReport {
+#[schema(example = json!({"since": 1763800000}))]
+pub struct RunReport {
+    /// Only refunds created since (Unix seconds).
     since: Option<i64>,
 }
 
+/// Compare the app's refunds in the ledger with Stripe's list, store and return the report.
+#[utoipa::path(post, path = "/v1/reconciliation/{app}", tag = "audit", params(("app" = String, Path, description = "the app's slug")),
+    request_body = RunReport,
+    responses((status = 200, description = "the report", body = reconcile::Report,
+               example = json!({"id": 7, "app": "total-typescript", "since": null, "created_at": "2026-11-22T10:00:00Z", "checked": 12,
+                                "differences": [{"kind": "missing_in_ledger", "stripe_refund_id": "re_9", "refund_id": null, "charge_id": "ch_3Abc",
+                                                 "ledger_amount": null, "stripe_amount": 500, "ledger_status": null, "stripe_status": "succeeded"}]})),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 403, description = "an auditor's token", body = ErrorBody),
+              (status = 404, description = "app_not_found", body = ErrorBody),
+              (status = 409, description = "app_not_connected", body = ErrorBody),
+              (status = 502, description = "stripe_unavailable", body = ErrorBody)))]
 async fn run_report(
     State(state): State<AppState>,
     Path(app): Path<String>,

@@ -28,8 +28,9 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/stripe/connect/callback", get(callback))
 }
 
-#[derive(Debug, Deserialize)]
-struct CallbackQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
@@ -79,6 +80,12 @@ fn is_invalid_state(error: &LedgerError<AppConnectionError>) -> bool {
     )
 }
 
+/// Stripe's OAuth redirect: exchanges the code for the account and connects the app, then sends
+/// the owner to `/settings/integrations?app=<slug>&success=connected` or `…?error=<reason>`
+/// (`denied`, `invalid_state`, `oauth_failed`, `missing_code`).
+#[utoipa::path(get, path = "/api/stripe/connect/callback", tag = "apps", security(()), params(CallbackQuery),
+    responses((status = 303, description = "to the platform's settings page", headers(("Location" = String,
+        description = "/settings/integrations?app=total-typescript&success=connected")))))]
 async fn callback(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,

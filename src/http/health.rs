@@ -18,10 +18,18 @@ pub fn router() -> Router<AppState> {
         .route("/openapi.json", get(super::openapi::serve))
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "up", body = Object, example = json!({"status": "ok"}))))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The database answers (within 2 s); the projections' lag.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "ready", body = Object,
+               example = json!({"status": "ready", "database": "ok", "projections": [{"projection": "refunds", "behind": 0, "oldest_seconds": 0.0}]})),
+              (status = 503, description = "not ready: the database did not answer", body = Object)))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
     match tokio::time::timeout(Duration::from_secs(2), probe).await {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::context::ApiCommand;
 use super::error::ApiError;
 use super::extract::{Json, Query};
+use super::openapi::ErrorBody;
 use super::state::AppState;
 use crate::refunds::{RefundError, RefundRequest, APP_NOT_AUTHORIZED};
 
@@ -28,30 +29,43 @@ pub fn router() -> Router<AppState> {
 /// Stripe's largest amount is 8 digits in most currencies; this only keeps numbers sane.
 const MAX_AMOUNT: i64 = 1_000_000_000_000;
 
-#[derive(Debug, Deserialize)]
+/// A refund request. The idempotency key is `refund:<purchase_id>:<approval_id>`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateRefund {
+#[schema(example = json!({"app": "total-typescript", "purchase_id": "pur_123", "charge_id": "ch_3Abc",
+    "approval_id": "appr_9", "amount": 2000, "reason": "requested_by_customer", "requested_by": "agent@support.example"}))]
+pub struct CreateRefund {
     app: String,
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,100}$")]
     purchase_id: String,
+    #[schema(pattern = "^(ch|py)_[A-Za-z0-9_]+$")]
     charge_id: String,
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,100}$")]
     approval_id: String,
+    /// Minor units; the whole refundable rest when absent.
+    #[schema(minimum = 1)]
     amount: Option<i64>,
+    /// requested_by_customer (default), duplicate or fraudulent.
     reason: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
     requested_by: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct RefundQuery {
+#[into_params(parameter_in = Query)]
+pub struct RefundQuery {
     app: Option<String>,
     purchase_id: Option<String>,
     charge_id: Option<String>,
+    /// requested, pending, requires_action, succeeded, failed or canceled.
     status: Option<String>,
+    /// 1 to 1000, default 100.
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
-struct RefundList {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RefundList {
     refunds: Vec<RefundRow>,
 }
 
@@ -196,6 +210,23 @@ async fn refund_view(
     })
 }
 
+/// Refund a purchase's charge on the app's connected account (full when `amount` is absent),
+/// once per purchase and approval: a repeat answers the refund the first request made.
+#[utoipa::path(post, path = "/v1/refunds", tag = "refunds", request_body = CreateRefund,
+    responses(
+        (status = 201, description = "a new refund, as Stripe answered it", body = RefundRow,
+         example = json!({"id": "rf_0d4c", "app": "total-typescript", "purchase_id": "pur_123", "charge_id": "ch_3Abc",
+             "approval_id": "appr_9", "amount": 2000, "currency": "usd", "reason": "requested_by_customer", "status": "succeeded",
+             "stripe_refund_id": "re_3Abc", "failure_reason": null, "idempotency_key": "refund:pur_123:appr_9",
+             "requested_by": "agent@support.example", "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:01Z"})),
+        (status = 200, description = "the refund this purchase_id and approval_id already named", body = RefundRow),
+        (status = 400, description = "unreadable body", body = ErrorBody),
+        (status = 401, description = "no or unknown token", body = ErrorBody),
+        (status = 403, description = "an auditor's token", body = ErrorBody),
+        (status = 404, description = "app_not_found", body = ErrorBody),
+        (status = 409, description = "app_not_connected, app_not_authorized, idempotency_key_reused, charge_belongs_to_another_app", body = ErrorBody),
+        (status = 422, description = "invalid_request, invalid_amount, invalid_reason, charge_not_found, amount_exceeds_refundable, charge_disputed, refund_rejected", body = ErrorBody),
+        (status = 503, description = "stripe_unavailable or database_unavailable: retry", body = ErrorBody)))]
 async fn create_refund(
     State(state): State<AppState>,
     ApiCommand(meta): ApiCommand,
@@ -230,6 +261,11 @@ async fn create_refund(
     Ok((status, Json(view)))
 }
 
+/// One refund.
+#[utoipa::path(get, path = "/v1/refunds/{id}", tag = "refunds", params(("id" = String, Path, description = "rf_…")),
+    responses((status = 200, description = "the refund", body = RefundRow),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 404, description = "refund_not_found", body = ErrorBody)))]
 async fn get_refund(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -246,6 +282,12 @@ async fn get_refund(
         })
 }
 
+/// Refunds, oldest first, filtered.
+#[utoipa::path(get, path = "/v1/refunds", tag = "refunds", params(RefundQuery),
+    responses((status = 200, description = "the refunds", body = RefundList),
+              (status = 400, description = "unreadable query", body = ErrorBody),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 422, description = "invalid_status", body = ErrorBody)))]
 async fn get_refunds(
     State(state): State<AppState>,
     Query(query): Query<RefundQuery>,
@@ -268,6 +310,13 @@ async fn get_refunds(
     }))
 }
 
+/// A charge's ledger: amount, refunded, pending at Stripe, still refundable.
+#[utoipa::path(get, path = "/v1/charges/{charge_id}", tag = "refunds", params(("charge_id" = String, Path, description = "ch_… or py_…")),
+    responses((status = 200, description = "the charge's ledger", body = ChargeRow,
+               example = json!({"charge_id": "ch_3Abc", "app": "total-typescript", "amount": 9900, "currency": "usd",
+                                "refunded": 3500, "pending": 0, "refundable": 6400})),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 404, description = "charge_not_found", body = ErrorBody)))]
 async fn get_charge(
     State(state): State<AppState>,
     Path(charge_id): Path<String>,

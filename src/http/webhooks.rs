@@ -7,10 +7,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{Json, Query};
+use super::openapi::ErrorBody;
 use super::state::AppState;
 use crate::webhooks::backfill;
 use crate::webhooks::envelope::EventEnvelope;
@@ -42,11 +42,22 @@ fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
+/// A Stripe event delivery: verified against `Stripe-Signature` (any configured secret, 5 minutes
+/// of tolerance), stored durably once per event id, answered 200, then reconciled by the worker.
+#[utoipa::path(post, path = "/api/stripe/webhooks", tag = "webhooks", security(()),
+    params(("Stripe-Signature" = String, Header, description = "t=<unix>,v1=<hex HMAC-SHA256>")),
+    request_body(content = Object, description = "the event, as Stripe sends it", content_type = "application/json",
+        example = json!({"id": "evt_1Q", "object": "event", "type": "charge.refunded", "account": "acct_1Nv0FGQ9RKHgCVdK",
+                         "created": 1763800000, "livemode": false, "data": {"object": {"id": "ch_3Abc", "object": "charge"}}})),
+    responses((status = 200, description = "stored, or a duplicate", body = Received, example = json!({"received": true, "duplicate": false})),
+              (status = 400, description = "invalid_signature or invalid_event", body = ErrorBody),
+              (status = 413, description = "payload_too_large", body = ErrorBody),
+              (status = 503, description = "stripe_not_configured or database_unavailable: Stripe retries", body = ErrorBody)))]
 async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Received>, ApiError> {
     let body = body.map_err(|rejection| {
         let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             "payload_too_large"
@@ -86,19 +97,40 @@ async fn receive(
         metrics::counter!("webhook_events_total", "type" => event.kind.clone(), "outcome" => "ignored")
             .increment(1);
     }
-    Ok(Json(json!({"received": true, "duplicate": !new})))
+    Ok(Json(Received {
+        received: true,
+        duplicate: !new,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// pending, processing, handled, ignored, unmatched, failed or dead.
     status: Option<String>,
+    /// 1 to 1000, default 100.
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
-struct EventList {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventList {
     events: Vec<InboxRow>,
+}
+
+/// How many events were queued again.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"requeued": 3}))]
+pub struct Requeued {
+    pub requeued: u64,
+}
+
+/// A delivery's answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Received {
+    pub received: bool,
+    /// The event id was stored before: nothing new was done.
+    pub duplicate: bool,
 }
 
 const STATUSES: [&str; 7] = [
@@ -111,6 +143,11 @@ const STATUSES: [&str; 7] = [
     "dead",
 ];
 
+/// The webhook inbox, newest first.
+#[utoipa::path(get, path = "/v1/webhooks/events", tag = "webhooks", params(ListQuery),
+    responses((status = 200, description = "inbox rows", body = EventList),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 422, description = "invalid_status", body = ErrorBody)))]
 async fn list_events(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
@@ -129,10 +166,16 @@ async fn list_events(
     }))
 }
 
+/// Queue one dead, failed or unmatched event again.
+#[utoipa::path(post, path = "/v1/webhooks/events/{id}/retry", tag = "webhooks", params(("id" = String, Path, description = "evt_…")),
+    responses((status = 200, description = "requeued", body = Requeued, example = json!({"requeued": 1})),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 403, description = "an auditor's token", body = ErrorBody),
+              (status = 404, description = "event_not_retryable", body = ErrorBody)))]
 async fn retry_event(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Requeued>, ApiError> {
     let count = inbox::retry(&state.pool, Some(&id)).await?;
     if count == 0 {
         return Err(ApiError::new(
@@ -142,24 +185,42 @@ async fn retry_event(
         ));
     }
     state.webhooks.nudge();
-    Ok(Json(json!({"requeued": count})))
+    Ok(Json(Requeued { requeued: count }))
 }
 
-async fn retry_dead(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Queue every dead event again.
+#[utoipa::path(post, path = "/v1/webhooks/retry-dead", tag = "webhooks",
+    responses((status = 200, description = "requeued", body = Requeued),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 403, description = "an auditor's token", body = ErrorBody)))]
+async fn retry_dead(State(state): State<AppState>) -> Result<Json<Requeued>, ApiError> {
     let count = inbox::retry(&state.pool, None).await?;
     state.webhooks.nudge();
-    Ok(Json(json!({"requeued": count})))
+    Ok(Json(Requeued { requeued: count }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BackfillBody {
-    /// Unix seconds.
+#[schema(example = json!({"since": 1763800000, "account": "acct_1Nv0FGQ9RKHgCVdK"}))]
+pub struct BackfillBody {
+    /// Start of the window, Unix seconds.
+    #[schema(minimum = 0)]
     since: i64,
+    /// End of the window (default: now).
     until: Option<i64>,
+    /// Only this connected account (acct_…).
     account: Option<String>,
 }
 
+/// Fetch a window of events from Stripe (`GET /v1/events`, platform and connected accounts) and
+/// feed the missed ones through the inbox.
+#[utoipa::path(post, path = "/v1/webhooks/backfill", tag = "webhooks", request_body = BackfillBody,
+    responses((status = 200, description = "what was listed and stored", body = backfill::BackfillReport,
+               example = json!({"accounts": 2, "listed": 40, "stored": 3})),
+              (status = 401, description = "no or unknown token", body = ErrorBody),
+              (status = 403, description = "an auditor's token", body = ErrorBody),
+              (status = 422, description = "invalid_window or invalid_account", body = ErrorBody),
+              (status = 502, description = "stripe_unavailable", body = ErrorBody)))]
 async fn run_backfill(
     State(state): State<AppState>,
     Json(body): Json<BackfillBody>,

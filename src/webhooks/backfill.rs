@@ -7,7 +7,7 @@ use super::envelope::EventEnvelope;
 use super::inbox::{self, ReceivedVia};
 use crate::stripe::{StripeApi, StripeCallError};
 
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct BackfillReport {
     /// Platform plus connected accounts asked.
     pub accounts: usize,

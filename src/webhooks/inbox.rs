@@ -206,7 +206,8 @@ pub async fn finish(
 }
 
 /// An inbox row as operators see it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(example = json!({"event_id": "evt_1Q", "event_type": "charge.refunded", "account": "acct_1Nv0FGQ9RKHgCVdK", "livemode": false, "received_via": "webhook", "status": "handled", "attempts": 1, "outcome": "refund_confirmed", "last_error": null, "received_at": "2026-11-22T10:00:00Z", "processed_at": "2026-11-22T10:00:00Z"}))]
 pub struct InboxRow {
     pub event_id: String,
     pub event_type: String,

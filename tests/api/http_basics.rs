@@ -1,7 +1,7 @@
 //! Health, readiness, unknown routes and malformed requests.
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::helpers::{error_code, spawn_app, OPERATOR_TOKEN};
 
@@ -140,6 +140,57 @@ async fn the_openapi_document_covers_the_contract() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path}");
     }
+    // Every operation that answers with a body shows an example of a request or a success
+    // (directly, or on the schema it names); the redirect of the OAuth callback has none.
+    let schemas = &doc["components"]["schemas"];
+    fn has_example(value: &Value, schemas: &Value, depth: usize) -> bool {
+        match value {
+            Value::Object(map) => {
+                map.contains_key("example")
+                    || map.contains_key("examples")
+                    || map.get("$ref").and_then(Value::as_str).is_some_and(|r| {
+                        depth < 4
+                            && has_example(
+                                &schemas[r.rsplit('/').next().unwrap_or_default()],
+                                schemas,
+                                depth + 1,
+                            )
+                    })
+                    || map.values().any(|v| has_example(v, schemas, depth))
+            }
+            Value::Array(items) => items.iter().any(|v| has_example(v, schemas, depth)),
+            _ => false,
+        }
+    }
+    let mut without = Vec::new();
+    for (path, operations) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().expect("operations") {
+            let successes: Vec<&Value> = operation["responses"]
+                .as_object()
+                .expect("responses")
+                .iter()
+                .filter(|(status, _)| status.starts_with('2'))
+                .map(|(_, response)| response)
+                .collect();
+            let shown = has_example(&operation["requestBody"], schemas, 0)
+                || successes.iter().any(|r| has_example(r, schemas, 0));
+            if !shown && path != "/api/stripe/connect/callback" {
+                without.push(format!("{method} {path}"));
+            }
+            // The API asks for a bearer token; Stripe's deliveries and redirects do not.
+            let open = operation["security"] == json!([{}]);
+            let public = !path.starts_with("/v1/");
+            assert_eq!(
+                open, public,
+                "{method} {path}: security {}",
+                operation["security"]
+            );
+        }
+    }
+    assert!(
+        without.is_empty(),
+        "operations without an example: {without:?}"
+    );
 }
 
 #[tokio::test]
