@@ -163,6 +163,10 @@ async fn the_webhooks_cli_retries_dead_letters_and_backfills() {
     let stdout = String::from_utf8_lossy(&backfill.stdout);
     assert!(backfill.status.success(), "{stdout}");
     assert!(stdout.contains("1 listed, 1 new"), "{stdout}");
+    assert!(
+        stdout.contains("· listed 1 · new 1"),
+        "page progress: {stdout}"
+    );
     let via: String = sqlx::query_scalar(
         "SELECT received_via FROM webhook_events WHERE event_type = 'refund.created'",
     )
@@ -213,6 +217,9 @@ async fn the_cli_rebuilds_every_projection_side_by_side_and_verifies_the_audit_c
     let stdout = String::from_utf8_lossy(&rebuilt.stdout);
     assert!(rebuilt.status.success(), "{stdout}");
     for line in [
+        // Progress while it works, then the outcome.
+        "  refunds: 40 events replayed",
+        "  audit: 40 events replayed",
         "apps: rebuilt from 0 events, swapped in",
         "refunds: rebuilt from 40 events, swapped in",
         "audit: rebuilt from 40 events, swapped in",
