@@ -124,7 +124,7 @@ impl EmbeddedPostgres {
 }
 
 /// `$LEDGER_PG_BINDIR`, or the newest `/usr/lib/postgresql/<N>/bin` that has `initdb`.
-fn installed_bindir() -> anyhow::Result<PathBuf> {
+pub fn installed_bindir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("LEDGER_PG_BINDIR") {
         return Ok(dir.into());
     }

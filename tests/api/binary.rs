@@ -378,27 +378,27 @@ async fn stored_tokens_are_admitted_listed_and_revoked() {
         .expect("dump");
     assert!(!dump.contains(&token), "the token itself is never stored");
 
-    let request = |method: reqwest::Method| {
+    let status = |method: reqwest::Method| {
         app.http
             .request(method, format!("{}/v1/apps", app.address))
             .bearer_auth(&token)
             .json(&serde_json::json!({"slug": "shop", "name": "Shop"}))
+            .send()
     };
+    let read = status(reqwest::Method::GET)
+        .await
+        .expect("read")
+        .status()
+        .as_u16();
+    let write = status(reqwest::Method::POST)
+        .await
+        .expect("write")
+        .status()
+        .as_u16();
     assert_eq!(
-        request(reqwest::Method::GET)
-            .send()
-            .await
-            .expect("read")
-            .status(),
-        200
-    );
-    assert_eq!(
-        request(reqwest::Method::POST)
-            .send()
-            .await
-            .expect("write")
-            .status(),
-        403
+        (read, write),
+        (200, 403),
+        "an auditor reads and may not write"
     );
 
     let listed = cli(&["token", "list"]);
@@ -419,14 +419,12 @@ async fn stored_tokens_are_admitted_listed_and_revoked() {
         "{}",
         String::from_utf8_lossy(&revoked.stderr)
     );
-    assert_eq!(
-        request(reqwest::Method::GET)
-            .send()
-            .await
-            .expect("read")
-            .status(),
-        401
-    );
+    let read = status(reqwest::Method::GET)
+        .await
+        .expect("read")
+        .status()
+        .as_u16();
+    assert_eq!(read, 401, "revoked");
     assert!(String::from_utf8_lossy(&cli(&["token", "list"]).stdout).contains("revoked"));
 }
 

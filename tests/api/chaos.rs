@@ -282,12 +282,13 @@ async fn read_models(pool: &sqlx::PgPool) -> Vec<Vec<String>> {
 async fn check_invariants(
     http: &reqwest::Client,
     services: Vec<Service>,
-    pool: &sqlx::PgPool,
     database_url: &str,
     stripe: &FakeStripe,
     charges: &[String],
     acked: &Acknowledged,
+    counters: &Counters,
 ) -> (Vec<String>, usize) {
+    let pool = &sqlx::PgPool::connect(database_url).await.expect("pool");
     // The last instance finishes what the kills interrupted: its projections catch up with
     // what the killed ones wrote, and its worker drives every refund still unanswered.
     let base = services[0].address.clone();
@@ -444,6 +445,7 @@ async fn check_invariants(
         ));
     }
 
+    no_internal_errors(counters, &mut violations);
     (violations, stripe_refunds)
 }
 
@@ -542,18 +544,16 @@ async fn sigkill_at_random_instants_under_mixed_load_loses_and_repeats_nothing()
         services.push(spawn(&database_url, &stripe));
     }
 
-    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
-    let (mut violations, stripe_refunds) = check_invariants(
+    let (violations, stripe_refunds) = check_invariants(
         &http,
         services,
-        &pool,
         &database_url,
         &stripe,
         &charges,
         &acked,
+        &counters,
     )
     .await;
-    no_internal_errors(&counters, &mut violations);
     print_table(
         "chaos: SIGKILL under mixed load",
         &counters,
@@ -660,19 +660,17 @@ async fn postgres_restarted_under_load_not_ready_then_recovered_and_nothing_lost
         load.finish(clients, &mut acked, &counters).await;
     }
 
-    let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
     let (mut found, stripe_refunds) = check_invariants(
         &http,
         services,
-        &pool,
         &database_url,
         &stripe,
         &charges,
         &acked,
+        &counters,
     )
     .await;
     violations.append(&mut found);
-    no_internal_errors(&counters, &mut violations);
     let slowest = |d: &[Duration]| {
         d.iter()
             .max()

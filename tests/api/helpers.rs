@@ -219,44 +219,43 @@ impl TestApp {
 
     /// Waits until every projection has applied the latest event of the types it reads.
     pub async fn projections_settled(&self) {
-        for _ in 0..500 {
-            let behind: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM projection_checkpoints c \
-                 JOIN LATERAL (SELECT transaction_id, global_position FROM events \
-                   WHERE aggregate_type = CASE c.name WHEN 'apps' THEN 'AppConnection' ELSE 'ChargeLedger' END \
-                   ORDER BY transaction_id DESC, global_position DESC LIMIT 1) e ON true \
-                 WHERE (c.last_transaction_id, c.last_position) < (e.transaction_id, e.global_position)",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .expect("checkpoints");
-            if behind == 0 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("projections did not catch up");
+        self.until_none_behind(
+            "SELECT count(*) FROM projection_checkpoints c \
+             JOIN LATERAL (SELECT transaction_id, global_position FROM events \
+               WHERE aggregate_type = CASE c.name WHEN 'apps' THEN 'AppConnection' ELSE 'ChargeLedger' END \
+               ORDER BY transaction_id DESC, global_position DESC LIMIT 1) e ON true \
+             WHERE (c.last_transaction_id, c.last_position) < (e.transaction_id, e.global_position)",
+            "projections did not catch up",
+        )
+        .await;
     }
 
     /// Waits until every projection's checkpoint stands at the log's last event: idle
     /// projections move past the other types' events too, so the checkpoints stop moving.
     pub async fn projections_at_head(&self) {
+        self.until_none_behind(
+            "SELECT count(*) FROM projection_checkpoints c, \
+               (SELECT transaction_id, global_position FROM events \
+                ORDER BY transaction_id DESC, global_position DESC LIMIT 1) e \
+             WHERE (c.last_transaction_id, c.last_position) < (e.transaction_id, e.global_position)",
+            "projections did not reach the head of the log",
+        )
+        .await;
+    }
+
+    /// Polls a count of lagging projections until it is zero (5 s at most).
+    async fn until_none_behind(&self, count_behind: &str, failure: &str) {
         for _ in 0..500 {
-            let behind: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM projection_checkpoints c, \
-                   (SELECT transaction_id, global_position FROM events \
-                    ORDER BY transaction_id DESC, global_position DESC LIMIT 1) e \
-                 WHERE (c.last_transaction_id, c.last_position) < (e.transaction_id, e.global_position)",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .expect("checkpoints");
+            let behind: i64 = sqlx::query_scalar(count_behind)
+                .fetch_one(&self.pool)
+                .await
+                .expect("checkpoints");
             if behind == 0 {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("projections did not reach the head of the log");
+        panic!("{failure}");
     }
 
     pub async fn event_types(&self, slug: &str) -> Vec<String> {

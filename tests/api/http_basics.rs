@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{error_code, spawn_app, OPERATOR_TOKEN};
+use crate::helpers::{error_code, spawn_app, TestApp, OPERATOR_TOKEN};
 
 #[tokio::test]
 async fn health_and_readiness_answer() {
@@ -80,27 +80,28 @@ async fn malformed_bodies_are_4xx() {
     assert_eq!(error_code(huge).await, "payload_too_large");
 }
 
+async fn scrape(app: &TestApp) -> String {
+    app.request(Method::GET, "/metrics", None, None)
+        .await
+        .text()
+        .await
+        .expect("text")
+}
+
 #[tokio::test]
 async fn metrics_count_requests_and_show_projection_lag() {
     let app = spawn_app().await;
-    let scrape = || async {
-        app.request(Method::GET, "/metrics", None, None)
-            .await
-            .text()
-            .await
-            .expect("text")
-    };
     let count = |text: &str, needle: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with("http_requests_total") && l.contains(needle))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    let before = scrape().await;
+    let before = scrape(&app).await;
     for _ in 0..3 {
         app.get("/v1/apps").await;
     }
-    let after = scrape().await;
+    let after = scrape(&app).await;
     let needle = "route=\"/v1/apps\"";
     assert!(
         count(&after, needle) >= count(&before, needle) + 3.0,
@@ -242,13 +243,6 @@ async fn metrics_series_move_with_refunds_webhooks_and_stripe_calls() {
     let app = spawn_app().await;
     app.connected_app("shop", "acct_metrics").await;
     let charge = app.stripe.create_charge("acct_metrics", 5_000, "usd");
-    let scrape = || async {
-        app.request(Method::GET, "/metrics", None, None)
-            .await
-            .text()
-            .await
-            .expect("text")
-    };
     let series: [(&str, &[&str]); 6] = [
         ("refunds_total", &["status=\"succeeded\""]),
         (
@@ -272,7 +266,7 @@ async fn metrics_series_move_with_refunds_webhooks_and_stripe_calls() {
             &["route=\"/api/stripe/webhooks\""],
         ),
     ];
-    let before = scrape().await;
+    let before = scrape(&app).await;
 
     let refund = app.refund("shop", &charge, "appr_metrics", Some(700)).await;
     assert_eq!(refund.status(), 201);
@@ -295,7 +289,7 @@ async fn metrics_series_move_with_refunds_webhooks_and_stripe_calls() {
         .expect("deliver");
     assert_eq!(delivered.status(), 200);
 
-    let after = scrape().await;
+    let after = scrape(&app).await;
     for (name, labels) in series {
         let (was, is) = (sample(&before, name, labels), sample(&after, name, labels));
         assert!(

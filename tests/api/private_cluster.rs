@@ -14,20 +14,6 @@ pub struct PrivateCluster {
     port: u16,
 }
 
-fn newest_bindir() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL's binaries under /usr/lib/postgresql")
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            Some((version, entry.path().join("bin")))
-        })
-        .filter(|(_, bin)| bin.join("initdb").exists())
-        .collect();
-    found.sort();
-    found.pop().expect("an initdb").1
-}
-
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     listener.local_addr().expect("address").port()
@@ -41,7 +27,8 @@ impl PrivateCluster {
         std::fs::create_dir_all(&dir).expect("cluster directory");
         let cluster = Self {
             dir,
-            bindir: newest_bindir(),
+            bindir: connect_ledger::embedded::installed_bindir()
+                .expect("PostgreSQL's binaries (initdb, pg_ctl)"),
             port: free_port(),
         };
         if as_root() {
