@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
+use axum::extract::FromRequestParts;
 use axum::extract::{Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -54,6 +56,29 @@ async fn principal(
     match token {
         Some(token) => Ok(tokens.authenticate(&token).await?),
         None => Ok(None),
+    }
+}
+
+/// A signed-in viewer: the principal the dashboard's cookie names. Without one, the pages answer
+/// the sign-in form (401).
+struct Viewer(Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        let tokens = parts
+            .extensions
+            .get::<Arc<Authenticator>>()
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::internal("the dashboard has no authenticator").into_response()
+            })?;
+        match principal(&parts.headers, &tokens).await {
+            Ok(Some(who)) => Ok(Self(who)),
+            Ok(None) => Err(login_page(StatusCode::UNAUTHORIZED, None)),
+            Err(error) => Err(error.into_response()),
+        }
     }
 }
 
@@ -165,11 +190,15 @@ fn refunds_table(refunds: &[RefundRow]) -> Markup {
 
 async fn overview(
     State(state): State<AppState>,
-    Extension(tokens): Extension<Arc<Authenticator>>,
-    headers: HeaderMap,
+    viewer: Result<Viewer, Response>,
 ) -> Result<Response, ApiError> {
-    let Some(who) = principal(&headers, &tokens).await? else {
-        return Ok(login_page(StatusCode::OK, None));
+    let who = match viewer {
+        Ok(Viewer(who)) => who,
+        // The dashboard's front door: the sign-in form, not an error.
+        Err(refused) if refused.status() == StatusCode::UNAUTHORIZED => {
+            return Ok(login_page(StatusCode::OK, None))
+        }
+        Err(other) => return Ok(other),
     };
     let apps = list_apps(&state.pool).await?;
     let refunds = list_refunds(
@@ -259,13 +288,9 @@ async fn logout() -> Response {
 
 async fn charge(
     State(state): State<AppState>,
-    Extension(tokens): Extension<Arc<Authenticator>>,
-    headers: HeaderMap,
+    Viewer(who): Viewer,
     Path(charge_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some(who) = principal(&headers, &tokens).await? else {
-        return Ok(login_page(StatusCode::UNAUTHORIZED, None));
-    };
     let Some(charge) = find_charge(&state.pool, &charge_id).await? else {
         return Ok(page(
             StatusCode::NOT_FOUND,
@@ -320,13 +345,9 @@ fn given(value: Option<String>) -> Option<String> {
 
 async fn audit_trail(
     State(state): State<AppState>,
-    Extension(tokens): Extension<Arc<Authenticator>>,
-    headers: HeaderMap,
+    Viewer(who): Viewer,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(who) = principal(&headers, &tokens).await? else {
-        return Ok(login_page(StatusCode::UNAUTHORIZED, None));
-    };
     let Ok(Query(query)) = query else {
         return Ok(page(
             StatusCode::BAD_REQUEST,
@@ -430,14 +451,7 @@ async fn audit_trail(
     ))
 }
 
-async fn verify(
-    State(state): State<AppState>,
-    Extension(tokens): Extension<Arc<Authenticator>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let Some(who) = principal(&headers, &tokens).await? else {
-        return Ok(login_page(StatusCode::UNAUTHORIZED, None));
-    };
+async fn verify(State(state): State<AppState>, Viewer(who): Viewer) -> Result<Response, ApiError> {
     let verification = audit::verify(&state.pool).await?;
     Ok(page(
         StatusCode::OK,
