@@ -18,6 +18,10 @@ pub struct Plan {
     pub rebuild_events: i64,
 }
 
+/// The same allocator as the service binary (the rebuild figure runs in this process).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");

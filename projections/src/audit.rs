@@ -227,23 +227,27 @@ struct KnownLinks {
 }
 
 impl AuditProjection {
-    /// Reads, in two queries, the links the batch cannot find in its own events.
+    /// Reads, in one query, the links the batch cannot find in its own events. They come from
+    /// the charges' earlier events in `events` (through its primary key), not from earlier audit
+    /// entries: the audit table then needs no index of its own while it is written, which lets a
+    /// rebuild create its indexes after the replay. A charge's app never changes (the aggregate
+    /// refuses another), and a refund's purchase is named by its `RefundRequested`, so the first
+    /// event naming either is the one earlier entries took it from.
     async fn known_links(
         &self,
         conn: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<KnownLinks, sqlx::Error> {
-        let table = &self.table;
         let mut seen_charges = HashSet::new();
         let mut seen_refunds = HashSet::new();
-        let mut charges = Vec::new();
-        let mut refunds = Vec::new();
+        let mut charges = HashSet::new();
+        let mut refunds = HashSet::new();
         for event in events.iter().filter(|e| e.aggregate_type != APP_CONNECTION) {
             let fields = inner(&event.payload);
             if charge_app(fields).is_some() {
                 seen_charges.insert(event.aggregate_id.as_str());
             } else if !seen_charges.contains(event.aggregate_id.as_str()) {
-                charges.push(event.aggregate_id.clone());
+                charges.insert(event.aggregate_id.as_str());
             }
             if let Some(refund) = fields
                 .and_then(|f| f.get("refund_id"))
@@ -252,33 +256,55 @@ impl AuditProjection {
                 if text(fields, "purchase_id").is_some() {
                     seen_refunds.insert(refund);
                 } else if !seen_refunds.contains(refund) {
-                    refunds.push(refund.to_owned());
+                    refunds.insert(refund);
+                    charges.insert(event.aggregate_id.as_str());
                 }
             }
         }
         let mut known = KnownLinks::default();
-        if !charges.is_empty() {
-            let found: Vec<(String, String)> = sqlx::query_as(&format!(
-                "SELECT DISTINCT ON (charge_id) charge_id, app FROM {table} \
-                 WHERE charge_id = ANY($1) AND app IS NOT NULL ORDER BY charge_id, position"
-            ))
-            .bind(&charges)
-            .fetch_all(&mut *conn)
-            .await?;
-            known.app_of_charge.extend(found);
+        if charges.is_empty() {
+            return Ok(known);
         }
-        if !refunds.is_empty() {
-            let found: Vec<(String, String)> = sqlx::query_as(&format!(
-                "SELECT DISTINCT ON (refund_id) refund_id, purchase_id FROM {table} \
-                 WHERE refund_id = ANY($1) AND purchase_id IS NOT NULL ORDER BY refund_id, position"
-            ))
-            .bind(&refunds)
-            .fetch_all(&mut *conn)
-            .await?;
-            known.purchase_of_refund.extend(found);
+        let charges: Vec<&str> = charges.into_iter().collect();
+        let found: Vec<LinkRow> = sqlx::query_as(
+            "SELECT aggregate_id AS charge, app, refund_id AS refund, purchase_id AS purchase FROM ( \
+               SELECT aggregate_id, sequence, payload -> event_type -> 'charge' ->> 'app' AS app, \
+                 payload -> event_type ->> 'refund_id' AS refund_id, \
+                 payload -> event_type ->> 'purchase_id' AS purchase_id \
+               FROM events WHERE aggregate_type = $1 AND aggregate_id = ANY($2)) linked \
+             WHERE app IS NOT NULL OR purchase_id IS NOT NULL ORDER BY aggregate_id, sequence",
+        )
+        .bind(CHARGE_LEDGER)
+        .bind(&charges)
+        .fetch_all(&mut *conn)
+        .await?;
+        for LinkRow {
+            charge,
+            app,
+            refund,
+            purchase,
+        } in found
+        {
+            if let Some(app) = app {
+                known.app_of_charge.entry(charge).or_insert(app);
+            }
+            if let (Some(refund), Some(purchase)) = (refund, purchase) {
+                if refunds.contains(refund.as_str()) {
+                    known.purchase_of_refund.entry(refund).or_insert(purchase);
+                }
+            }
         }
         Ok(known)
     }
+}
+
+/// An event of a looked-up charge that names its app or a refund's purchase.
+#[derive(sqlx::FromRow)]
+struct LinkRow {
+    charge: String,
+    app: Option<String>,
+    refund: Option<String>,
+    purchase: Option<String>,
 }
 
 /// The audit rows of a batch, column by column, for one `INSERT … SELECT FROM UNNEST`.

@@ -55,6 +55,11 @@ impl Projection for RefundsProjection {
         ]
     }
 
+    fn indexes_read_while_applying(&self) -> &[&'static str] {
+        // `apply` loads a batch's refunds and outside refunds by charge.
+        &["refunds_charge", "external_refunds_charge"]
+    }
+
     fn aside(&self) -> std::sync::Arc<dyn Projection> {
         std::sync::Arc::new(Self::with_tables(
             &format!("{}{}", self.name, crate::rebuild::ASIDE_SUFFIX),

@@ -39,6 +39,8 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 const BLOCKED_RETRY: Duration = Duration::from_millis(2);
 /// How long a failing projection waits before trying again.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+/// How often an idle projection moves its checkpoint past other types' events (a write).
+const IDLE_ADVANCE: Duration = Duration::from_secs(1);
 
 /// A read model fed from the event log.
 #[async_trait]
@@ -54,6 +56,12 @@ pub trait Projection: Send + Sync + 'static {
     }
     /// The tables it writes (rebuilt aside, then swapped in).
     fn tables(&self) -> Vec<String>;
+    /// The non-unique indexes of its live tables that `apply` reads through. A rebuild creates
+    /// these (and every unique index) before replaying, and the others only after the replay,
+    /// in one pass over the finished table instead of one insertion per row.
+    fn indexes_read_while_applying(&self) -> &[&'static str] {
+        &[]
+    }
     /// The same projection writing to `rebuild_`-prefixed tables under its own checkpoint.
     fn aside(&self) -> Arc<dyn Projection>;
     /// Applies a batch of events, in order, inside the runner's transaction. Implementations
@@ -95,10 +103,55 @@ pub enum CatchUp {
 pub struct ProjectionRunner {
     pool: PgPool,
     projections: Vec<Arc<dyn Projection>>,
-    wake: Notify,
     batch_size: i64,
-    /// The checkpoint each projection reached in this process, for waiting commands.
-    progress: HashMap<String, watch::Sender<Checkpoint>>,
+    /// Each projection's signals, by name.
+    lanes: HashMap<String, Lane>,
+}
+
+/// What this process knows and wants of one projection.
+struct Lane {
+    /// Wakes its loop: events of its types were committed here.
+    wake: Notify,
+    /// The checkpoint it is known to have reached (by this process, or found in the database).
+    progress: watch::Sender<Checkpoint>,
+    /// The furthest event a waiting command needs it to reach: while short of it, the loop
+    /// looks again soon (the event may be committed behind a transaction still open).
+    wanted: watch::Sender<Checkpoint>,
+    /// When it last moved its checkpoint past other types' events.
+    idle_advanced: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Lane {
+    fn new() -> Self {
+        Self {
+            wake: Notify::new(),
+            progress: watch::Sender::new(Checkpoint::default()),
+            wanted: watch::Sender::new(Checkpoint::default()),
+            idle_advanced: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether an idle batch should move the checkpoint past other types' events now; if so,
+    /// the time is taken.
+    fn take_idle_advance(&self) -> bool {
+        let mut last = self.idle_advanced.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let due = last.is_none_or(|at| now.duration_since(at) >= IDLE_ADVANCE);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
+    fn reached(&self, checkpoint: Checkpoint) {
+        self.progress.send_if_modified(|seen| {
+            let moved = checkpoint > *seen;
+            if moved {
+                *seen = checkpoint;
+            }
+            moved
+        });
+    }
 }
 
 impl ProjectionRunner {
@@ -112,21 +165,15 @@ impl ProjectionRunner {
         projections: Vec<Arc<dyn Projection>>,
         batch_size: i64,
     ) -> Arc<Self> {
-        let progress = projections
+        let lanes = projections
             .iter()
-            .map(|p| {
-                (
-                    p.name().to_owned(),
-                    watch::Sender::new(Checkpoint::default()),
-                )
-            })
+            .map(|p| (p.name().to_owned(), Lane::new()))
             .collect();
         Arc::new(Self {
             pool,
             projections,
-            wake: Notify::new(),
             batch_size: batch_size.max(1),
-            progress,
+            lanes,
         })
     }
 
@@ -134,9 +181,23 @@ impl ProjectionRunner {
         &self.projections
     }
 
-    /// Tells the background loops that new events were committed here.
+    /// Tells every background loop that new events were committed here.
     pub fn nudge(&self) {
-        self.wake.notify_waiters();
+        for lane in self.lanes.values() {
+            lane.wake.notify_waiters();
+        }
+    }
+
+    /// Tells the loops of the projections reading `aggregate_type` that its events were
+    /// committed here; the others sleep on.
+    pub fn nudge_type(&self, aggregate_type: &str) {
+        for projection in &self.projections {
+            if projection.aggregate_types().contains(&aggregate_type) {
+                if let Some(lane) = self.lanes.get(projection.name()) {
+                    lane.wake.notify_waiters();
+                }
+            }
+        }
     }
 
     /// Creates the checkpoint rows; idempotent.
@@ -164,23 +225,18 @@ impl ProjectionRunner {
         max_batches: usize,
     ) -> Result<CatchUp, ProjectionError> {
         let mut applied = 0;
+        let lane = self.lanes.get(projection.name());
         for _ in 0..max_batches {
             let mut tx = self.pool.begin().await?;
+            let idle_advance = lane.is_none_or(Lane::take_idle_advance);
             let Some((n, reached)) =
-                apply_batch(&mut tx, projection, true, self.batch_size).await?
+                apply_batch(&mut tx, projection, true, idle_advance, self.batch_size).await?
             else {
                 return Ok(CatchUp::Busy);
             };
             tx.commit().await?;
-            if let (Some(reached), Some(progress)) = (reached, self.progress.get(projection.name()))
-            {
-                progress.send_if_modified(|seen| {
-                    let moved = reached > *seen;
-                    if moved {
-                        *seen = reached;
-                    }
-                    moved
-                });
+            if let Some(lane) = lane {
+                lane.reached(reached);
             }
             applied += n;
             if n < self.batch_size as u64 {
@@ -198,7 +254,7 @@ impl ProjectionRunner {
     ) -> Result<u64, ProjectionError> {
         let mut applied = 0;
         loop {
-            let n = apply_batch(conn, projection, false, self.batch_size)
+            let n = apply_batch(conn, projection, false, true, self.batch_size)
                 .await?
                 .map_or(0, |(n, _)| n);
             applied += n;
@@ -253,34 +309,6 @@ impl ProjectionRunner {
         Ok(lags)
     }
 
-    /// Whether committed events of its types lie beyond the projection's checkpoint.
-    async fn has_unapplied(&self, projection: &dyn Projection) -> Result<bool, ProjectionError> {
-        let types: Vec<String> = projection
-            .aggregate_types()
-            .iter()
-            .map(|t| (*t).to_owned())
-            .collect();
-        // The checkpoint as bound values, not joined: PostgreSQL can then walk the
-        // (transaction_id, global_position) index from it instead of filtering a scan.
-        let at = self.checkpoint(projection.name()).await?;
-        // The plain range on transaction_id gives the planner an estimate it can trust (a row
-        // comparison alone is guessed at a third of the table), and the order makes the first
-        // match an index walk: a sequential scan here cost 2 ms per look under load.
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT global_position FROM events \
-             WHERE transaction_id >= $1::text::xid8 \
-               AND (transaction_id, global_position) > ($1::text::xid8, $2) \
-               AND aggregate_type = ANY($3) \
-             ORDER BY events.transaction_id, events.global_position LIMIT 1",
-        )
-        .bind(at.transaction_id.to_string())
-        .bind(at.position)
-        .bind(&types)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(next.is_some())
-    }
-
     /// The place of the latest event of one aggregate, if it has any.
     pub async fn latest_of(
         &self,
@@ -312,17 +340,24 @@ impl ProjectionRunner {
         let Some(target) = self.latest_of(aggregate_type, aggregate_id).await? else {
             return Ok(true);
         };
-        self.nudge();
-        let deadline = tokio::time::Instant::now() + timeout;
-        for projection in self
+        let waited_for = self
             .projections
             .iter()
             .filter(|p| p.read_your_writes() && p.aggregate_types().contains(&aggregate_type))
-        {
-            let Some(progress) = self.progress.get(projection.name()) else {
-                continue;
-            };
-            let mut local = progress.subscribe();
+            .filter_map(|p| Some((p, self.lanes.get(p.name())?)));
+        for (_, lane) in waited_for.clone() {
+            lane.wanted.send_if_modified(|wanted| {
+                let further = target > *wanted;
+                if further {
+                    *wanted = target;
+                }
+                further
+            });
+        }
+        self.nudge_type(aggregate_type);
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (projection, lane) in waited_for {
+            let mut local = lane.progress.subscribe();
             loop {
                 if *local.borrow_and_update() >= target {
                     break;
@@ -339,7 +374,7 @@ impl ProjectionRunner {
                 {
                     break;
                 }
-                self.nudge();
+                lane.wake.notify_waiters();
             }
         }
         Ok(true)
@@ -357,16 +392,18 @@ impl ProjectionRunner {
     }
 
     async fn run_one(&self, projection: Arc<dyn Projection>) {
+        let Some(lane) = self.lanes.get(projection.name()) else {
+            return;
+        };
         loop {
-            let notified = self.wake.notified();
+            let notified = lane.wake.notified();
             match self.catch_up(projection.as_ref()).await {
                 Ok(_) => {
-                    // Committed events can wait behind a transaction still open below them (often
-                    // another projection's own): look again soon rather than at the next poll.
-                    let wait = match self.has_unapplied(projection.as_ref()).await {
-                        Ok(true) => BLOCKED_RETRY,
-                        _ => IDLE_POLL,
-                    };
+                    // A command waits for an event not applied yet: it is committed, but may sit
+                    // behind a transaction still open below it (the horizon), so look again soon
+                    // rather than at the next poll.
+                    let behind = *lane.wanted.borrow() > *lane.progress.borrow();
+                    let wait = if behind { BLOCKED_RETRY } else { IDLE_POLL };
                     let _ = tokio::time::timeout(wait, notified).await;
                 }
                 Err(error) => {
@@ -406,21 +443,39 @@ pub async fn lock_projection(
     }
 }
 
-/// One batch inside `conn`'s transaction: how many events it applied and the checkpoint it moved
-/// to, or `None` when another runner holds the projection.
+/// One batch inside `conn`'s transaction: how many events it applied and the checkpoint the
+/// projection stands at after it, or `None` when another runner holds the projection. With
+/// `idle_advance`, a batch that finds none of its types' events moves the checkpoint past the
+/// others' (a write); without, it writes nothing.
 async fn apply_batch(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     skip_locked: bool,
+    idle_advance: bool,
     batch_size: i64,
-) -> Result<Option<(u64, Option<Checkpoint>)>, ProjectionError> {
-    let horizon: i64 =
-        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(&mut *conn)
-            .await?;
-    if !lock_projection(&mut *conn, projection.name(), skip_locked).await? {
-        return Ok(None);
-    }
+) -> Result<Option<(u64, Checkpoint)>, ProjectionError> {
+    let horizon = if skip_locked {
+        // One round trip: the horizon is read before the lock is tried, as below.
+        let (horizon, locked): (i64, bool) = sqlx::query_as(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+               pg_try_advisory_xact_lock($1, hashtext($2))",
+        )
+        .bind(LOCK_CLASS)
+        .bind(projection.name())
+        .fetch_one(&mut *conn)
+        .await?;
+        if !locked {
+            return Ok(None);
+        }
+        horizon
+    } else {
+        let horizon: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *conn)
+                .await?;
+        lock_projection(&mut *conn, projection.name(), false).await?;
+        horizon
+    };
     // Read after the lock: the previous holder's checkpoint is committed by then.
     let checkpoint: Option<(i64, i64)> = sqlx::query_as(
         "SELECT last_transaction_id::text::bigint, last_position FROM projection_checkpoints \
@@ -462,7 +517,7 @@ async fn apply_batch(
         transaction_id: last.transaction_id,
         position: last.global_position,
     });
-    if events.is_empty() {
+    if events.is_empty() && idle_advance {
         // Nothing below the horizon is for this projection: move past the other aggregate
         // types' events. Otherwise a projection of a rare type (apps) would keep its
         // checkpoint at its own last event, and every later read from it would walk all the
@@ -482,7 +537,7 @@ async fn apply_batch(
         next = next.max(tail);
     }
     let Some(next) = next.filter(|next| *next > current) else {
-        return Ok(Some((0, None)));
+        return Ok(Some((0, current)));
     };
     if !events.is_empty() {
         projection.apply(&mut *conn, &events).await?;
@@ -496,5 +551,5 @@ async fn apply_batch(
     .bind(next.position)
     .execute(&mut *conn)
     .await?;
-    Ok(Some((events.len() as u64, Some(next))))
+    Ok(Some((events.len() as u64, next)))
 }

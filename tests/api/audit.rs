@@ -5,7 +5,9 @@ use std::sync::Arc;
 use connect_ledger::startup::projections;
 use ledger_aggregates::charge_ledger::ChargeLedgerCommand;
 use ledger_aggregates::{EventMetadata, Source};
+use ledger_projections::audit::AuditProjection;
 use ledger_projections::rebuild::rebuild;
+use ledger_projections::ProjectionRunner;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -349,6 +351,41 @@ async fn a_rebuild_equals_the_live_tables_even_while_events_keep_coming() {
         .await
         .expect("count");
     assert_eq!(refunds, 17);
+}
+
+/// Replayed one event per batch, every entry must find its app and purchase in the earlier
+/// events of its charge (the links are looked up, not carried within a batch).
+#[tokio::test]
+async fn the_audit_log_replayed_one_event_per_batch_equals_the_live_one() {
+    let app = spawn_app().await;
+    history(&app).await;
+    sqlx::query("CREATE TABLE audit_replay (LIKE audit_entries INCLUDING ALL)")
+        .execute(&app.pool)
+        .await
+        .expect("create replay table");
+    let replay = ProjectionRunner::with_batch_size(
+        app.pool.clone(),
+        vec![Arc::new(AuditProjection::into_table(
+            "audit-replay",
+            "audit_replay",
+        ))],
+        1,
+    );
+    replay.register().await.expect("register");
+    let projection = Arc::clone(&replay.projections()[0]);
+    replay.catch_up(projection.as_ref()).await.expect("replay");
+
+    let live = snapshot(&app, "audit_entries", "position").await;
+    assert!(live.len() > 8, "some history: {}", live.len());
+    assert_eq!(live, snapshot(&app, "audit_replay", "position").await);
+    let unlinked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_replay WHERE aggregate_type = 'ChargeLedger' \
+           AND (app IS NULL OR (refund_id IS NOT NULL AND purchase_id IS NULL))",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(unlinked, 0, "every charge entry names its app and purchase");
 }
 
 #[tokio::test]
