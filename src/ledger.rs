@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster};
+use cqrs_es::persist::{
+    EventStoreAggregateContext, EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster,
+};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use ledger_aggregates::app_connection::AppConnection;
 use ledger_aggregates::charge_ledger::ChargeLedger;
@@ -71,6 +73,16 @@ fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
         .collect()
 }
 
+/// An aggregate's state and the sequence of its last event: enough to decide a next command
+/// without reading its events again. The append still checks that no other event came in
+/// between (the event store's primary key); if one did, the command is decided again on a fresh
+/// load.
+#[derive(Debug, Clone)]
+pub struct Versioned<A> {
+    pub state: A,
+    pub sequence: usize,
+}
+
 /// One aggregate type's command side: cqrs-es's event store and aggregates, executed the way
 /// `CqrsFramework::execute` does (load, handle into an `EventSink`, commit), except that the
 /// caller gets the resulting state back and may follow a command with a second one decided on
@@ -125,9 +137,26 @@ where
         then: impl Fn(&A) -> Option<A::Command>,
         metadata: &EventMetadata,
     ) -> Result<A, LedgerError<A::Error>> {
+        self.execute_versioned(id, None, first, then, metadata)
+            .await
+            .map(|done| done.state)
+    }
+
+    /// [`Self::execute_then`], starting from `known` when given, returning the sequence too.
+    pub async fn execute_versioned(
+        &self,
+        id: &str,
+        mut known: Option<Versioned<A>>,
+        first: A::Command,
+        then: impl Fn(&A) -> Option<A::Command>,
+        metadata: &EventMetadata,
+    ) -> Result<Versioned<A>, LedgerError<A::Error>> {
         let _serialized = self.stripe(id).lock().await;
         for attempt in 1..=MAX_ATTEMPTS {
-            match self.try_execute(id, &first, &then, metadata).await {
+            match self
+                .try_execute(id, known.take(), &first, &then, metadata)
+                .await
+            {
                 Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
                     let jitter = rand::thread_rng().gen_range(0..=(2u64 << attempt.min(6)));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
@@ -141,11 +170,20 @@ where
     async fn try_execute(
         &self,
         id: &str,
+        known: Option<Versioned<A>>,
         first: &A::Command,
         then: &impl Fn(&A) -> Option<A::Command>,
         metadata: &EventMetadata,
-    ) -> Result<A, AggregateError<A::Error>> {
-        let mut context = self.store.load_aggregate(id).await?;
+    ) -> Result<Versioned<A>, AggregateError<A::Error>> {
+        let mut context = match known {
+            Some(known) => EventStoreAggregateContext {
+                aggregate_id: id.to_owned(),
+                aggregate: known.state,
+                current_sequence: known.sequence,
+                current_snapshot: None,
+            },
+            None => self.store.load_aggregate(id).await?,
+        };
         let sink = EventSink::default();
         let aggregate = context.aggregate();
         aggregate
@@ -160,12 +198,13 @@ where
         }
         let state = aggregate.clone();
         let events = sink.collect().await;
+        let sequence = context.current_sequence + events.len();
         if !events.is_empty() {
             self.store
                 .commit(events, context, metadata.clone().into_map())
                 .await?;
         }
-        Ok(state)
+        Ok(Versioned { state, sequence })
     }
 
     /// The aggregate's current state, from its events.

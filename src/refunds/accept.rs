@@ -9,7 +9,7 @@ use ledger_aggregates::EventMetadata;
 
 use super::pause::{pause_point, AFTER_INTENT};
 use super::{DrivingClaim, RefundError, RefundService};
-use crate::ledger::LedgerError;
+use crate::ledger::{LedgerError, Versioned};
 
 /// A validated refund request.
 #[derive(Debug, Clone)]
@@ -51,9 +51,11 @@ impl RefundService {
             .await
         {
             Ok(ledger) => {
-                if let (Some(_claim), Some(charge), Some(refund)) =
-                    (claim, ledger.charge(), ledger.refund(&refund_id))
-                {
+                if let (Some(_claim), Some(charge), Some(refund)) = (
+                    claim,
+                    ledger.state.charge(),
+                    ledger.state.refund(&refund_id),
+                ) {
                     if refund.status != RefundStatus::Requested {
                         return Ok(Accepted {
                             refund: refund.clone(),
@@ -62,7 +64,14 @@ impl RefundService {
                     }
                     pause_point(AFTER_INTENT).await;
                     let answered = self
-                        .submit(&request.charge_id, charge, refund, false, meta)
+                        .submit(
+                            &request.charge_id,
+                            charge,
+                            refund,
+                            false,
+                            Some(ledger.clone()),
+                            meta,
+                        )
                         .await?
                         .unwrap_or_else(|| refund.clone());
                     return Ok(Accepted {
@@ -170,7 +179,7 @@ impl RefundService {
         refund_id: &str,
         submit: bool,
         meta: &EventMetadata,
-    ) -> Result<ChargeLedger, RefundError> {
+    ) -> Result<Versioned<ChargeLedger>, RefundError> {
         let app = self
             .ledger
             .apps
@@ -222,7 +231,7 @@ impl RefundService {
         Ok(self
             .ledger
             .charges
-            .execute_then(&request.charge_id, command, submit_now, meta)
+            .execute_versioned(&request.charge_id, None, command, submit_now, meta)
             .await?)
     }
 }

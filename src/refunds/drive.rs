@@ -4,12 +4,13 @@ use std::collections::HashMap;
 
 use ledger_aggregates::app_connection::AppConnectionCommand;
 use ledger_aggregates::charge_ledger::{
-    ChargeFacts, ChargeLedgerCommand, RefundRecord, RefundStatus, StripeRefundAnswer,
+    ChargeFacts, ChargeLedger, ChargeLedgerCommand, RefundRecord, RefundStatus, StripeRefundAnswer,
 };
 use ledger_aggregates::{EventMetadata, Source};
 
 use super::pause::{pause_point, AFTER_INTENT, AFTER_STRIPE_ANSWER};
 use super::{DrivingClaim, RefundError, RefundService};
+use crate::ledger::Versioned;
 use crate::stripe::api::{Refund, RefundParams};
 use crate::stripe::StripeCallError;
 
@@ -83,24 +84,37 @@ impl RefundService {
         let submit = ChargeLedgerCommand::MarkSubmitted {
             refund_id: refund_id.to_owned(),
         };
-        let ledger = self.ledger.charges.execute(charge_id, submit, meta).await?;
-        let Some(submitted) = ledger.refund(refund_id).cloned() else {
+        let ledger = self
+            .ledger
+            .charges
+            .execute_versioned(charge_id, None, submit, |_| None, meta)
+            .await?;
+        let Some(submitted) = ledger.state.refund(refund_id).cloned() else {
             return Ok(None);
         };
         pause_point(AFTER_INTENT).await;
         // An attempt before this one may have reached Stripe.
-        self.submit(charge_id, &charge, &submitted, refund.attempts > 0, meta)
-            .await
+        self.submit(
+            charge_id,
+            &charge,
+            &submitted,
+            refund.attempts > 0,
+            Some(ledger),
+            meta,
+        )
+        .await
     }
 
     /// Sends a refund already marked submitted to Stripe and records the answer. When an earlier
-    /// attempt may have reached Stripe, looks for it first.
+    /// attempt may have reached Stripe, looks for it first. `known` is the charge's ledger as the
+    /// submission left it: the answer is decided on it without a reload (see `Versioned`).
     pub(super) async fn submit(
         &self,
         charge_id: &str,
         charge: &ChargeFacts,
         refund: &RefundRecord,
         earlier_attempt: bool,
+        known: Option<Versioned<ChargeLedger>>,
         meta: &EventMetadata,
     ) -> Result<Option<RefundRecord>, RefundError> {
         let stripe = self.stripe()?;
@@ -181,9 +195,9 @@ impl RefundService {
         let ledger = self
             .ledger
             .charges
-            .execute(charge_id, command, meta)
+            .execute_versioned(charge_id, known, command, |_| None, meta)
             .await?;
-        Ok(ledger.refund(refund_id).cloned())
+        Ok(ledger.state.refund(refund_id).cloned())
     }
 
     /// Stripe refused us the account: the refund fails and the app is flagged.

@@ -69,3 +69,63 @@ async fn a_command_appends_in_order_at_once_and_a_second_writer_conflicts() {
     assert_eq!(read.len(), 3);
     assert_eq!(read[2].payload, json!({"Tested": {"n": 3}}));
 }
+
+/// A command decided on a state the caller held (`Versioned`) while another writer moved the
+/// aggregate on is decided again on a fresh load: here the stale state would still allow the
+/// refund, the fresh one does not.
+#[tokio::test]
+async fn a_command_on_a_stale_known_state_is_decided_again_on_fresh_state() {
+    use connect_ledger::ledger::LedgerError;
+    use ledger_aggregates::charge_ledger::{
+        ChargeFacts, ChargeLedgerCommand, NewRefund, RefundReason,
+    };
+    use ledger_aggregates::{EventMetadata, Source};
+
+    let app = crate::helpers::spawn_app().await;
+    let ledger = app.ledger();
+    let meta = EventMetadata::new("test", Source::System, "t");
+    let request = |refund: &str, amount: i64| ChargeLedgerCommand::RequestRefund {
+        charge: ChargeFacts {
+            app: "shop".into(),
+            stripe_account_id: "acct_1".into(),
+            amount: 1000,
+            currency: "usd".into(),
+            amount_refunded: 0,
+            disputed: false,
+        },
+        refund: NewRefund {
+            refund_id: refund.into(),
+            idempotency_key: format!("refund:p:{refund}"),
+            purchase_id: "p".into(),
+            approval_id: refund.into(),
+            amount: Some(amount),
+            reason: RefundReason::default(),
+            requested_by: "test".into(),
+        },
+    };
+    let known = ledger
+        .charges
+        .execute_versioned("ch_stale", None, request("r1", 600), |_| None, &meta)
+        .await
+        .expect("first refund");
+    assert_eq!(known.sequence, 2, "charge observed, refund requested");
+    ledger
+        .charges
+        .execute("ch_stale", request("r2", 300), &meta)
+        .await
+        .expect("another writer");
+    let stale = ledger
+        .charges
+        .execute_versioned("ch_stale", Some(known), request("r3", 200), |_| None, &meta)
+        .await;
+    assert!(
+        matches!(stale, Err(LedgerError::Domain(_))),
+        "only 100 is left once r2 is seen: {stale:?}"
+    );
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = 'ch_stale'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+    assert_eq!(events, 3);
+}
