@@ -7,11 +7,10 @@ use ledger_aggregates::charge_ledger::ChargeLedgerCommand;
 use ledger_aggregates::{EventMetadata, Source};
 use ledger_projections::audit::AuditProjection;
 use ledger_projections::rebuild::rebuild;
-use ledger_projections::ProjectionRunner;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, TestApp, AUDITOR_TOKEN, OPERATOR_TOKEN};
+use crate::helpers::{replay, spawn_app, TestApp, AUDITOR_TOKEN, OPERATOR_TOKEN};
 
 const ACCOUNT: &str = "acct_1Audit";
 
@@ -363,17 +362,12 @@ async fn the_audit_log_replayed_one_event_per_batch_equals_the_live_one() {
         .execute(&app.pool)
         .await
         .expect("create replay table");
-    let replay = ProjectionRunner::with_batch_size(
-        app.pool.clone(),
-        vec![Arc::new(AuditProjection::into_table(
-            "audit-replay",
-            "audit_replay",
-        ))],
+    replay(
+        &app.pool,
+        Arc::new(AuditProjection::into_table("audit-replay", "audit_replay")),
         1,
-    );
-    replay.register().await.expect("register");
-    let projection = Arc::clone(&replay.projections()[0]);
-    replay.catch_up(projection.as_ref()).await.expect("replay");
+    )
+    .await;
 
     let live = snapshot(&app, "audit_entries", "position").await;
     assert!(live.len() > 8, "some history: {}", live.len());

@@ -4,10 +4,19 @@ use connect_ledger::config::Settings;
 use connect_ledger::fake_stripe::{FakeStripe, FAKE_CLIENT_ID, FAKE_SECRET_KEY};
 use connect_ledger::ledger::Ledger;
 use connect_ledger::startup::{projections, Application};
-use ledger_projections::ProjectionRunner;
+use ledger_projections::{Projection, ProjectionRunner};
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+/// Replays the whole event log into `projection` (which writes its own tables), `batch_size`
+/// events per transaction.
+pub async fn replay(pool: &PgPool, projection: std::sync::Arc<dyn Projection>, batch_size: i64) {
+    let runner = ProjectionRunner::with_batch_size(pool.clone(), vec![projection], batch_size);
+    runner.register().await.expect("register");
+    let projection = std::sync::Arc::clone(&runner.projections()[0]);
+    runner.catch_up(projection.as_ref()).await.expect("replay");
+}
 
 pub const OPERATOR_TOKEN: &str = "op-test-token-1";
 pub const AUDITOR_TOKEN: &str = "au-test-token-1";

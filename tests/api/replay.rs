@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use ledger_projections::apps::AppsProjection;
-use ledger_projections::ProjectionRunner;
+use ledger_projections::runner::LIVE_BATCH_SIZE;
 use serde_json::json;
 use sqlx::Row;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{replay, spawn_app};
 
 async fn table_rows(pool: &sqlx::PgPool, table: &str) -> Vec<String> {
     sqlx::query(&format!(
@@ -44,16 +44,12 @@ async fn the_apps_table_equals_a_replay_of_all_events() {
         .execute(&app.pool)
         .await
         .expect("create replay table");
-    let replay = ProjectionRunner::new(
-        app.pool.clone(),
-        vec![Arc::new(AppsProjection::into_table(
-            "apps_replay",
-            "apps_replay",
-        ))],
-    );
-    replay.register().await.expect("register");
-    let projection = Arc::clone(&replay.projections()[0]);
-    replay.catch_up(projection.as_ref()).await.expect("replay");
+    replay(
+        &app.pool,
+        Arc::new(AppsProjection::into_table("apps_replay", "apps_replay")),
+        LIVE_BATCH_SIZE,
+    )
+    .await;
 
     let live = table_rows(&app.pool, "apps").await;
     assert_eq!(live.len(), 3);
