@@ -20,7 +20,7 @@ pub async fn raw_inserts(pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figur
         .await?;
     let mut figures = Vec::new();
     for &clients in &plan.clients {
-        crate::scenarios::refresh_statistics(pool).await?;
+        crate::scenarios::settle_server_before_figure(pool).await?;
         let pool = pool.clone();
         figures.push(
             run(RAW, None, clients, plan.duration, 1.0, move |client, n| {
@@ -109,7 +109,7 @@ pub async fn plain_cqrs(pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure
     ));
     let mut figures = Vec::new();
     for &clients in &plan.clients {
-        crate::scenarios::refresh_statistics(pool).await?;
+        crate::scenarios::settle_server_before_figure(pool).await?;
         let cqrs = std::sync::Arc::clone(&cqrs);
         figures.push(
             run(CQRS, None, clients, plan.duration, 1.0, move |client, n| {

@@ -16,7 +16,7 @@ use crate::Plan;
 /// The name of the refund throughput figure.
 pub const REFUNDS: &str = "refunds (POST → succeeded)";
 
-/// `ANALYZE` before each figure: the bench fills a fresh database within minutes, faster than
+/// Before each figure, `ANALYZE`: the bench fills a fresh database within minutes, faster than
 /// autovacuum (one-minute naps) refreshes its statistics, and plans made from an empty table's
 /// statistics (sequential scans) stay cached on the pooled connections. A database in service
 /// has been analyzed; this measures that steady state.
@@ -24,7 +24,7 @@ pub const REFUNDS: &str = "refunds (POST → succeeded)";
 /// Then `CHECKPOINT`: the figure before (or the set-up that stored the rebuild's million
 /// events) leaves gigabytes of dirty buffers and WAL, and the checkpoint that flushes them would
 /// otherwise land in whichever figure comes next. Without the privilege, it is skipped.
-pub async fn refresh_statistics(pool: &PgPool) -> anyhow::Result<()> {
+pub async fn settle_server_before_figure(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query("ANALYZE").execute(pool).await?;
     if let Err(error) = sqlx::query("CHECKPOINT").execute(pool).await {
         eprintln!("  no CHECKPOINT before the figure: {error}");
@@ -53,7 +53,7 @@ pub async fn webhooks(
         ),
     ] {
         for &clients in &plan.clients {
-            refresh_statistics(pool).await?;
+            settle_server_before_figure(pool).await?;
             let (http, url) = (
                 service.http.clone(),
                 format!("{}/api/stripe/webhooks", service.base),
@@ -151,7 +151,7 @@ async fn refund_load(service: &Service, plan: &Plan, clients: usize) -> anyhow::
 pub async fn refunds(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for &clients in &plan.clients {
-        refresh_statistics(pool).await?;
+        settle_server_before_figure(pool).await?;
         let before = event_count(pool).await?;
         let started = Instant::now();
         let figure = refund_load(service, plan, clients).await?;
@@ -168,7 +168,7 @@ pub async fn refunds(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::R
 }
 
 pub async fn reads(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
-    refresh_statistics(pool).await?;
+    settle_server_before_figure(pool).await?;
     let mut figures = Vec::new();
     for (name, path) in [
         ("GET /v1/apps/{slug}", "/v1/apps/bench"),
@@ -212,7 +212,7 @@ pub async fn projection_lag(
 ) -> anyhow::Result<Lag> {
     const REFUNDS_PER_CHARGE: usize = 4;
     let rate = (peak_refunds_per_second / 2.0).max(1.0);
-    refresh_statistics(pool).await?;
+    settle_server_before_figure(pool).await?;
     let started: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
     let stripe = service.stripe.clone();
@@ -292,7 +292,7 @@ pub async fn rebuild(server: &str, plan: &Plan) -> anyhow::Result<Rebuild> {
     .execute(&pool)
     .await?;
     let events = charges * 4;
-    refresh_statistics(&pool).await?;
+    settle_server_before_figure(&pool).await?;
     let started = Instant::now();
     let reports = rebuild_all(
         &pool,
