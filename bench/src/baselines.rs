@@ -8,7 +8,7 @@ use postgres_es::PostgresEventRepository;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use crate::load::{run, Figure};
+use crate::load::{figures, Figure};
 use crate::Plan;
 
 pub const RAW: &str = "baseline: raw INSERT per tx";
@@ -18,30 +18,23 @@ pub async fn raw_inserts(pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figur
     sqlx::query("CREATE TABLE bench_raw (LIKE events INCLUDING DEFAULTS)")
         .execute(pool)
         .await?;
-    let mut figures = Vec::new();
-    for &clients in &plan.clients {
-        crate::scenarios::settle_server_before_figure(pool).await?;
-        let pool = pool.clone();
-        figures.push(
-            run(RAW, None, clients, plan.duration, 1.0, move |client, n| {
-                let pool = pool.clone();
-                async move {
-                    sqlx::query(
-                        "INSERT INTO bench_raw (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                         VALUES ('Bench', $1, 1, 'Happened', '1.0', $2, $3)",
-                    )
-                    .bind(format!("{client}-{n}"))
-                    .bind(serde_json::json!({"Happened": {"amount": n}}))
-                    .bind(serde_json::json!({"actor": "bench", "source": "system"}))
-                    .execute(&pool)
-                    .await?;
-                    Ok(())
-                }
-            })
-            .await?,
-        );
-    }
-    Ok(figures)
+    let inserts = pool.clone();
+    figures(RAW, None, plan, pool, move |client, n| {
+        let pool = inserts.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO bench_raw (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                 VALUES ('Bench', $1, 1, 'Happened', '1.0', $2, $3)",
+            )
+            .bind(format!("{client}-{n}"))
+            .bind(serde_json::json!({"Happened": {"amount": n}}))
+            .bind(serde_json::json!({"actor": "bench", "source": "system"}))
+            .execute(&pool)
+            .await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -107,21 +100,13 @@ pub async fn plain_cqrs(pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure
         Vec::new(),
         (),
     ));
-    let mut figures = Vec::new();
-    for &clients in &plan.clients {
-        crate::scenarios::settle_server_before_figure(pool).await?;
+    figures(CQRS, None, plan, pool, move |client, n| {
         let cqrs = std::sync::Arc::clone(&cqrs);
-        figures.push(
-            run(CQRS, None, clients, plan.duration, 1.0, move |client, n| {
-                let cqrs = std::sync::Arc::clone(&cqrs);
-                async move {
-                    cqrs.execute(&format!("{clients}-{client}-{n}"), ())
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))
-                }
-            })
-            .await?,
-        );
-    }
-    Ok(figures)
+        async move {
+            cqrs.execute(&format!("{client}-{n}"), ())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    })
+    .await
 }

@@ -14,6 +14,8 @@ use load::Figure;
 pub struct Plan {
     pub quick: bool,
     pub duration: Duration,
+    /// How long each scenario runs unmeasured before its figures (`load::figures`).
+    pub warm_up: Duration,
     pub clients: Vec<usize>,
     pub rebuild_events: i64,
 }
@@ -28,7 +30,15 @@ async fn main() -> anyhow::Result<()> {
     let plan = Plan {
         quick,
         duration: Duration::from_secs(if quick { 2 } else { 10 }),
-        clients: vec![1, 16, 64],
+        warm_up: Duration::from_secs(if quick { 1 } else { 3 }),
+        // Profiling aid: BENCH_CLIENTS=64 (or "16,64") measures only those client counts.
+        clients: match std::env::var("BENCH_CLIENTS") {
+            Ok(list) => list
+                .split(',')
+                .map(|n| n.trim().parse())
+                .collect::<Result<_, _>>()?,
+            Err(_) => vec![1, 16, 64],
+        },
         rebuild_events: if quick { 20_000 } else { 1_000_000 },
     };
     let server = std::env::var("BENCH_DATABASE_SERVER")

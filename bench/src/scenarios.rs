@@ -9,7 +9,7 @@ use ledger_projections::rebuild::rebuild_all;
 use sqlx::PgPool;
 
 use crate::baselines::{CQRS, RAW};
-use crate::load::{run, run_paced, Figure};
+use crate::load::{self, run, run_paced, Figure};
 use crate::service::{fresh_database, Service, ACCOUNT, TOKEN, WEBHOOK_SECRET};
 use crate::Plan;
 
@@ -52,35 +52,30 @@ pub async fn webhooks(
             "refund.updated",
         ),
     ] {
-        for &clients in &plan.clients {
-            settle_server_before_figure(pool).await?;
-            let (http, url) = (
-                service.http.clone(),
-                format!("{}/api/stripe/webhooks", service.base),
-            );
-            figures.push(
-                run(name, Some(RAW), clients, plan.duration, 1.0, move |client, n| {
-                    let (http, url) = (http.clone(), url.clone());
-                    async move {
-                        let object = if kind == "refund.updated" {
-                            serde_json::json!({"id": format!("re_bench_{n}"), "object": "refund", "amount": 100, "status": "succeeded"})
-                        } else {
-                            serde_json::json!({"id": format!("cus_{n}"), "object": "customer"})
-                        };
-                        let body = serde_json::to_vec(&serde_json::json!({
-                            "id": format!("evt_bench_{kind}_{clients}_{client}_{n}"), "object": "event", "type": kind,
-                            "account": ACCOUNT, "created": chrono::Utc::now().timestamp(), "livemode": false,
-                            "api_version": "2026-09-30.endive", "data": {"object": object}
-                        }))?;
-                        let signature = sign(&body, WEBHOOK_SECRET, chrono::Utc::now().timestamp());
-                        let response = http.post(&url).header("Stripe-Signature", signature).body(body).send().await?;
-                        anyhow::ensure!(response.status() == 200, "webhook: {}", response.status());
-                        Ok(())
-                    }
-                })
-                .await?,
-            );
-        }
+        let (http, url) = (
+            service.http.clone(),
+            format!("{}/api/stripe/webhooks", service.base),
+        );
+        let scenario = load::figures(name, Some(RAW), plan, pool, move |client, n| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let object = if kind == "refund.updated" {
+                    serde_json::json!({"id": format!("re_bench_{n}"), "object": "refund", "amount": 100, "status": "succeeded"})
+                } else {
+                    serde_json::json!({"id": format!("cus_{n}"), "object": "customer"})
+                };
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "id": format!("evt_bench_{kind}_{client}_{n}"), "object": "event", "type": kind,
+                    "account": ACCOUNT, "created": chrono::Utc::now().timestamp(), "livemode": false,
+                    "api_version": "2026-09-30.endive", "data": {"object": object}
+                }))?;
+                let signature = sign(&body, WEBHOOK_SECRET, chrono::Utc::now().timestamp());
+                let response = http.post(&url).header("Stripe-Signature", signature).body(body).send().await?;
+                anyhow::ensure!(response.status() == 200, "webhook: {}", response.status());
+                Ok(())
+            }
+        });
+        figures.extend(scenario.await?);
     }
     Ok(figures)
 }
@@ -111,7 +106,12 @@ async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
 
 /// Refunds through to `succeeded`: each client works on its own charges, a new one every
 /// `REFUNDS_PER_CHARGE` refunds (real charges see a few refunds, not thousands).
-async fn refund_load(service: &Service, plan: &Plan, clients: usize) -> anyhow::Result<Figure> {
+async fn refund_load(
+    service: &Service,
+    name: &'static str,
+    duration: std::time::Duration,
+    clients: usize,
+) -> anyhow::Result<Figure> {
     const REFUNDS_PER_CHARGE: usize = 4;
     let stripe = service.stripe.clone();
     let charges: Arc<std::sync::Mutex<Vec<(String, usize)>>> = Arc::new(std::sync::Mutex::new(
@@ -119,8 +119,12 @@ async fn refund_load(service: &Service, plan: &Plan, clients: usize) -> anyhow::
             .map(|_| (String::new(), REFUNDS_PER_CHARGE))
             .collect(),
     ));
+    // Each load names its own purchases, so that a second load at the same client count (a
+    // warm-up) asks new refunds, not repeats.
+    static LOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let load = LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (http, url) = (service.http.clone(), format!("{}/v1/refunds", service.base));
-    run(REFUNDS, None, clients, plan.duration, 1.0, move |client, n| {
+    run(name, None, clients, duration, 1.0, move |client, n| {
         let (http, url) = (http.clone(), url.clone());
         let charge = {
             let mut all = charges.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,7 +139,7 @@ async fn refund_load(service: &Service, plan: &Plan, clients: usize) -> anyhow::
             let response = http
                 .post(&url)
                 .bearer_auth(TOKEN)
-                .json(&serde_json::json!({"app": "bench", "purchase_id": format!("p{clients}-{client}"),
+                .json(&serde_json::json!({"app": "bench", "purchase_id": format!("p{load}-{client}"),
                     "charge_id": charge, "approval_id": format!("a{n}"), "amount": 1, "requested_by": "bench"}))
                 .send()
                 .await?;
@@ -148,13 +152,17 @@ async fn refund_load(service: &Service, plan: &Plan, clients: usize) -> anyhow::
     .await
 }
 
+/// Refunds at each client count, after a warm-up as in `load::figures`; with each, the events
+/// written per second, counted in the event store.
 pub async fn refunds(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+    let most = plan.clients.iter().copied().max().unwrap_or(1);
+    refund_load(service, load::WARM_UP, plan.warm_up, most).await?;
     let mut figures = Vec::new();
     for &clients in &plan.clients {
         settle_server_before_figure(pool).await?;
         let before = event_count(pool).await?;
         let started = Instant::now();
-        let figure = refund_load(service, plan, clients).await?;
+        let figure = refund_load(service, REFUNDS, plan.duration, clients).await?;
         let events = (event_count(pool).await? - before) as f64 / started.elapsed().as_secs_f64();
         figures.push(figure.clone());
         figures.push(Figure {
@@ -168,27 +176,22 @@ pub async fn refunds(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::R
 }
 
 pub async fn reads(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
-    settle_server_before_figure(pool).await?;
     let mut figures = Vec::new();
     for (name, path) in [
         ("GET /v1/apps/{slug}", "/v1/apps/bench"),
         ("GET /v1/audit?limit=100", "/v1/audit?limit=100"),
     ] {
-        for &clients in &plan.clients {
-            let (http, url) = (service.http.clone(), format!("{}{path}", service.base));
-            figures.push(
-                run(name, None, clients, plan.duration, 1.0, move |_, _| {
-                    let (http, url) = (http.clone(), url.clone());
-                    async move {
-                        let response = http.get(&url).bearer_auth(TOKEN).send().await?;
-                        anyhow::ensure!(response.status() == 200, "read: {}", response.status());
-                        response.bytes().await?;
-                        Ok(())
-                    }
-                })
-                .await?,
-            );
-        }
+        let (http, url) = (service.http.clone(), format!("{}{path}", service.base));
+        let scenario = load::figures(name, None, plan, pool, move |_, _| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let response = http.get(&url).bearer_auth(TOKEN).send().await?;
+                anyhow::ensure!(response.status() == 200, "read: {}", response.status());
+                response.bytes().await?;
+                Ok(())
+            }
+        });
+        figures.extend(scenario.await?);
     }
     Ok(figures)
 }

@@ -53,7 +53,7 @@ impl Projection for AppsProjection {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[StoredEvent],
+        events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
         use AppConnectionEvent as E;
         let table = &self.table;

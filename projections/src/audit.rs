@@ -113,7 +113,7 @@ impl Projection for AuditProjection {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[StoredEvent],
+        events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
         let table = &self.table;
         let (mut position, mut previous): (i64, String) = sqlx::query_as(&format!(
@@ -236,7 +236,7 @@ impl AuditProjection {
     async fn known_links(
         &self,
         conn: &mut PgConnection,
-        events: &[StoredEvent],
+        events: &[&StoredEvent],
     ) -> Result<KnownLinks, sqlx::Error> {
         let mut seen_charges = HashSet::new();
         let mut seen_refunds = HashSet::new();

@@ -70,7 +70,7 @@ impl Projection for RefundsProjection {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[StoredEvent],
+        events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
         use ChargeLedgerEvent as E;
         let mut touched = self.load(conn, events).await?;
@@ -280,7 +280,7 @@ impl RefundsProjection {
     async fn load(
         &self,
         conn: &mut PgConnection,
-        events: &[StoredEvent],
+        events: &[&StoredEvent],
     ) -> Result<Ledgers, sqlx::Error> {
         let (refunds, charges, external) = (&self.refunds, &self.charges, &self.external);
         let mut ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();

@@ -33,7 +33,7 @@ impl Projection for Seen {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[StoredEvent],
+        events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
         let positions: Vec<i64> = events.iter().map(|e| e.global_position).collect();
         sqlx::query("INSERT INTO seen (global_position) SELECT * FROM UNNEST($1::int8[])")
