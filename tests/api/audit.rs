@@ -6,7 +6,7 @@ use connect_ledger::startup::projections;
 use ledger_aggregates::charge_ledger::ChargeLedgerCommand;
 use ledger_aggregates::{EventMetadata, Source};
 use ledger_projections::audit::AuditProjection;
-use ledger_projections::rebuild::rebuild;
+use ledger_projections::rebuild::{rebuild, rebuild_all};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -324,12 +324,11 @@ async fn a_rebuild_equals_the_live_tables_even_while_events_keep_coming() {
             assert_eq!(status, 201);
         }
     };
+    // All at once, as the CLI does: one reading of the log feeds every projection.
     let rebuilding = async {
-        for projection in projections() {
-            rebuild(&app.pool, Arc::clone(&projection), |_| {})
-                .await
-                .expect("rebuild");
-        }
+        rebuild_all(&app.pool, projections(), Arc::new(|_: &str, _| {}))
+            .await
+            .expect("rebuild all");
     };
     tokio::join!(writers, rebuilding);
     app.projections_settled().await;
