@@ -124,6 +124,11 @@ impl RefundService {
     }
 
     /// The first request with a key names the refund; later ones must ask for the same thing.
+    ///
+    /// The claim commits asynchronously (docs/decisions/0025): nothing outside the database acts
+    /// on it alone. Stripe is called only after the intent's commit, which is synchronous and
+    /// flushes the log up to itself, the claim included; a crash that loses a claim loses it
+    /// before anything was recorded or sent on its account.
     async fn claim_key(
         &self,
         key: &str,
@@ -132,7 +137,8 @@ impl RefundService {
         let fresh = format!("rf_{}", uuid::Uuid::new_v4().simple());
         let inserted = sqlx::query(
             "INSERT INTO refund_keys (idempotency_key, app, charge_id, requested_amount, refund_id) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING",
+             SELECT $1, $2, $3, $4, $5 FROM (SELECT set_config('synchronous_commit', 'off', true)) asynchronous \
+             ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(key)
         .bind(&request.app)
