@@ -70,7 +70,12 @@ pub async fn webhooks(
                     "api_version": "2026-09-30.endive", "data": {"object": object}
                 }))?;
                 let signature = sign(&body, WEBHOOK_SECRET, chrono::Utc::now().timestamp());
-                let response = http.post(&url).header("Stripe-Signature", signature).body(body).send().await?;
+                let response = http
+                    .post(&url)
+                    .header("Stripe-Signature", signature)
+                    .body(body)
+                    .send()
+                    .await?;
                 anyhow::ensure!(response.status() == 200, "webhook: {}", response.status());
                 Ok(())
             }

@@ -157,13 +157,16 @@ async fn rebuild_locked(
         asides.push(Aside::prepare(pool, live).await?);
     }
     let replayed = replay(pool, &asides, progress).await?;
-    let finishing = asides.into_iter().zip(replayed).enumerate().map(
-        |(index, (aside, events))| async move {
-            let events = events + aside.finish(pool).await?;
-            progress(index, events);
-            Ok::<_, ProjectionError>(RebuildReport { events })
-        },
-    );
+    let finishing =
+        asides
+            .into_iter()
+            .zip(replayed)
+            .enumerate()
+            .map(|(index, (aside, events))| async move {
+                let events = events + aside.finish(pool).await?;
+                progress(index, events);
+                Ok::<_, ProjectionError>(RebuildReport { events })
+            });
     futures::future::try_join_all(finishing).await
 }
 
@@ -183,8 +186,7 @@ impl Aside {
     /// Creates the aside tables and a fresh aside checkpoint.
     async fn prepare(pool: &PgPool, live: Arc<dyn Projection>) -> Result<Self, ProjectionError> {
         let aside = live.aside();
-        let pairs: Vec<(String, String)> =
-            live.tables().into_iter().zip(aside.tables()).collect();
+        let pairs: Vec<(String, String)> = live.tables().into_iter().zip(aside.tables()).collect();
         // The aside tables get the live tables' indexes under aside names, and every index
         // takes its live name back at the swap (so later migrations find the names they
         // created). The unique ones and those `apply` reads through exist from the start; the
@@ -256,7 +258,9 @@ impl Aside {
             vec![Arc::clone(&self.aside)],
             REBUILD_BATCH_SIZE,
         );
-        let applied = runner.apply_until_done(&mut tx, self.aside.as_ref()).await?;
+        let applied = runner
+            .apply_until_done(&mut tx, self.aside.as_ref())
+            .await?;
         for (live_table, aside_table) in &self.pairs {
             let old = format!("{ASIDE_PREFIX}old_{live_table}");
             sqlx::query(&format!("ALTER TABLE {live_table} RENAME TO {old}"))
