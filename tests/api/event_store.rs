@@ -129,3 +129,90 @@ async fn a_command_on_a_stale_known_state_is_decided_again_on_fresh_state() {
             .expect("count");
     assert_eq!(events, 3);
 }
+
+/// `SHOW synchronous_commit` on the one connection of `pool`.
+async fn synchronous_commit(pool: &sqlx::PgPool) -> String {
+    sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(pool)
+        .await
+        .expect("show synchronous_commit")
+}
+
+/// Projection batches and key claims commit without waiting for a flush (decisions 23 and 25),
+/// each only for its own transaction: the pooled connection they ran on stays synchronous for
+/// the event appends that may come next on it. Run on a one-connection pool, so the check
+/// reads the very connection they used.
+#[tokio::test]
+async fn asynchronous_commits_leave_their_pooled_connection_synchronous() {
+    use std::sync::Arc;
+
+    use connect_ledger::ledger::Ledger;
+    use connect_ledger::refunds::{RefundRequest, RefundService};
+    use ledger_aggregates::charge_ledger::RefundReason;
+    use ledger_aggregates::{EventMetadata, Source};
+    use ledger_projections::ProjectionRunner;
+
+    let url = fresh_database().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("pool");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    assert_eq!(synchronous_commit(&pool).await, "on");
+    let runner = ProjectionRunner::new(pool.clone(), connect_ledger::startup::projections());
+    runner.register().await.expect("register");
+
+    // A key claim: the request then fails (no Stripe here) and releases its key.
+    let ledger = Arc::new(Ledger::new(&pool, Arc::clone(&runner)));
+    let refunds = RefundService::new(pool.clone(), ledger, None);
+    let request = RefundRequest {
+        app: "shop".to_owned(),
+        purchase_id: "pur_1".to_owned(),
+        charge_id: "ch_1".to_owned(),
+        approval_id: "appr_1".to_owned(),
+        amount: Some(100),
+        reason: RefundReason::RequestedByCustomer,
+        requested_by: "test".to_owned(),
+    };
+    let meta = EventMetadata::new("test", Source::System, "req_1");
+    assert!(refunds.accept(request, &meta).await.is_err());
+    assert_eq!(synchronous_commit(&pool).await, "on", "after a key claim");
+
+    // A projection batch that applies and commits.
+    repository_with_one_event(&pool).await;
+    for projection in runner.projections() {
+        runner
+            .catch_up(projection.as_ref())
+            .await
+            .expect("catch up");
+    }
+    let (applied,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_entries")
+        .fetch_one(&pool)
+        .await
+        .expect("audit");
+    assert_eq!(applied, 1, "the batch was applied");
+    assert_eq!(
+        synchronous_commit(&pool).await,
+        "on",
+        "after projection batches"
+    );
+}
+
+async fn repository_with_one_event(pool: &sqlx::PgPool) {
+    EventRepository::new(pool.clone())
+        .persist::<AppConnection>(
+            &[SerializedEvent::new(
+                "shop".to_owned(),
+                1,
+                "AppConnection".to_owned(),
+                "AppRegistered".to_owned(),
+                "1.0".to_owned(),
+                json!({"AppRegistered": {"app_id": "0b7c2a52-6a8e-4a4e-9a55-0d1f3c7f1a10", "slug": "shop", "name": "Shop"}}),
+                json!({"actor": "test", "source": "system"}),
+            )],
+            None,
+        )
+        .await
+        .expect("append");
+}
