@@ -307,3 +307,22 @@ async fn metrics_series_move_with_refunds_webhooks_and_stripe_calls() {
         assert!(after.contains(gauge), "{gauge} missing");
     }
 }
+
+#[tokio::test]
+async fn metrics_count_the_open_and_dead_webhook_events_only() {
+    let app = spawn_app().await;
+    // None of them due, so the worker leaves them as they are while the test looks.
+    sqlx::query(
+        "INSERT INTO webhook_events (event_id, event_type, livemode, payload, status, next_attempt_at, locked_until) \
+         SELECT 'evt_' || n, 'customer.created', false, '{}', status, now() + interval '1 hour', \
+           CASE WHEN status = 'processing' THEN now() + interval '1 hour' END \
+         FROM unnest(ARRAY['pending', 'pending', 'failed', 'processing', 'dead', 'dead', \
+           'handled', 'handled', 'ignored', 'ignored', 'unmatched']) WITH ORDINALITY AS s(status, n)",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("inbox entries");
+    let text = scrape(&app).await;
+    assert_eq!(sample(&text, "webhook_inbox_depth", &[]), 4.0, "{text}");
+    assert_eq!(sample(&text, "webhook_dead_letters", &[]), 2.0, "{text}");
+}
