@@ -222,18 +222,9 @@ impl ProjectionRunner {
 
     /// Applies every committed event the projection has not seen yet.
     pub async fn catch_up(&self, projection: &dyn Projection) -> Result<CatchUp, ProjectionError> {
-        self.catch_up_batches(projection, usize::MAX).await
-    }
-
-    /// Like [`Self::catch_up`], stopping after `max_batches` transactions.
-    pub async fn catch_up_batches(
-        &self,
-        projection: &dyn Projection,
-        max_batches: usize,
-    ) -> Result<CatchUp, ProjectionError> {
         let mut applied = 0;
         let lane = self.lanes.get(projection.name());
-        for _ in 0..max_batches {
+        loop {
             let mut tx = self.pool.begin().await?;
             let idle_advance = lane.is_none_or(Lane::take_idle_advance);
             let Some((n, reached)) =
