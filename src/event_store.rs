@@ -10,6 +10,7 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
+use ledger_projections::Checkpoint;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -28,6 +29,9 @@ impl EventRepository {
     }
 
     async fn append<A: Aggregate>(&self, events: &[SerializedEvent]) -> Result<(), sqlx::Error> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
         let mut ids = Vec::with_capacity(events.len());
         let mut sequences = Vec::with_capacity(events.len());
         let mut types = Vec::with_capacity(events.len());
@@ -43,13 +47,17 @@ impl EventRepository {
             metadata.push(&event.metadata);
         }
         // In array order, so that global positions follow the sequence (as postgres-es's
-        // one-by-one inserts do); jsonb then json, as postgres-es binds its values.
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-             SELECT $1, e.id, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json \
-             FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-               WITH ORDINALITY AS e(id, sequence, event_type, event_version, payload, metadata, n) \
-             ORDER BY e.n",
+        // one-by-one inserts do); jsonb then json, as postgres-es binds its values. The place of
+        // the last event comes back for the request's read-your-writes wait (`crate::writes`).
+        let (transaction_id, position): (i64, i64) = sqlx::query_as(
+            "WITH appended AS ( \
+               INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+               SELECT $1, e.id, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json \
+               FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+                 WITH ORDINALITY AS e(id, sequence, event_type, event_version, payload, metadata, n) \
+               ORDER BY e.n \
+               RETURNING transaction_id, global_position) \
+             SELECT max(transaction_id::text::bigint), max(global_position) FROM appended",
         )
         .bind(A::TYPE)
         .bind(&ids)
@@ -58,9 +66,17 @@ impl EventRepository {
         .bind(&versions)
         .bind(&payloads)
         .bind(&metadata)
-        .execute(&self.pool)
-        .await
-        .map(drop)
+        .fetch_one(&self.pool)
+        .await?;
+        crate::writes::record(
+            A::TYPE,
+            &first.aggregate_id,
+            Checkpoint {
+                transaction_id,
+                position,
+            },
+        );
+        Ok(())
     }
 }
 

@@ -207,6 +207,15 @@ where
         Ok(Versioned { state, sequence })
     }
 
+    /// The aggregate's current state and the sequence of its last event, from its events.
+    pub async fn load_versioned(&self, id: &str) -> Result<Versioned<A>, LedgerError<A::Error>> {
+        let mut context = self.store.load_aggregate(id).await.map_err(store_error)?;
+        Ok(Versioned {
+            sequence: context.current_sequence,
+            state: std::mem::take(context.aggregate()),
+        })
+    }
+
     /// The aggregate's current state, from its events.
     pub async fn load(&self, id: &str) -> Result<A, LedgerError<A::Error>> {
         let mut context = self.store.load_aggregate(id).await.map_err(store_error)?;
@@ -233,11 +242,21 @@ impl Ledger {
     /// Waits until the read models show the aggregate's latest event; false after a timeout
     /// (the write is durable either way).
     pub async fn settle(&self, aggregate_type: &str, id: &str) -> bool {
-        match self
-            .projections
-            .wait_for_aggregate(aggregate_type, id, READ_YOUR_WRITES)
-            .await
-        {
+        // The request's own appends are the target when it made any (`crate::writes`);
+        // otherwise the aggregate's latest event, asked of the store.
+        let waited = match crate::writes::appended(aggregate_type, id) {
+            Some(target) => {
+                self.projections
+                    .wait_for(aggregate_type, target, READ_YOUR_WRITES)
+                    .await
+            }
+            None => {
+                self.projections
+                    .wait_for_aggregate(aggregate_type, id, READ_YOUR_WRITES)
+                    .await
+            }
+        };
+        match waited {
             Ok(done) => done,
             Err(error) => {
                 tracing::warn!(%error, "could not wait for projections");

@@ -18,3 +18,4 @@ pub mod startup;
 pub mod stripe;
 pub mod telemetry;
 pub mod webhooks;
+pub mod writes;

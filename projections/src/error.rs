@@ -9,6 +9,10 @@ pub enum ProjectionError {
         event_type: String,
         source: serde_json::Error,
     },
+    /// The checkpoint moved under a runner holding the projection's lock: some writer ignored
+    /// the lock. The batch is rolled back.
+    #[error("projection {0}'s checkpoint moved while its lock was held")]
+    CheckpointMoved(String),
     #[error("rebuild task failed: {0}")]
     Rebuild(String),
 }

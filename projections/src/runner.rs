@@ -125,6 +125,10 @@ struct Lane {
     idle_advanced: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Whether this process's loop held the projection in its last cycle.
     applying_here: std::sync::atomic::AtomicBool,
+    /// Whether its loop sleeps because a waiting command's event sits behind an open
+    /// transaction; then `unblock` wakes it when one of this process's projections commits.
+    blocked: std::sync::atomic::AtomicBool,
+    unblock: Notify,
 }
 
 impl Lane {
@@ -135,6 +139,8 @@ impl Lane {
             wanted: watch::Sender::new(Checkpoint::default()),
             idle_advanced: std::sync::Mutex::new(None),
             applying_here: std::sync::atomic::AtomicBool::new(false),
+            blocked: std::sync::atomic::AtomicBool::new(false),
+            unblock: Notify::new(),
         }
     }
 
@@ -207,6 +213,16 @@ impl ProjectionRunner {
         }
     }
 
+    /// Wakes the loops (other than `except`'s) sleeping because the event a waiting command
+    /// needs sat behind an open transaction: it may have been `except`'s.
+    fn wake_blocked(&self, except: &str) {
+        for (name, lane) in &self.lanes {
+            if name != except && lane.blocked.load(std::sync::atomic::Ordering::Acquire) {
+                lane.unblock.notify_waiters();
+            }
+        }
+    }
+
     /// Creates the checkpoint rows; idempotent.
     pub async fn register(&self) -> Result<(), ProjectionError> {
         for projection in &self.projections {
@@ -236,6 +252,9 @@ impl ProjectionRunner {
             if let Some(lane) = lane {
                 lane.reached(reached);
             }
+            // This transaction may have held back another projection's horizon: one waiting
+            // for an event beyond it looks again now, not at its next retry.
+            self.wake_blocked(projection.name());
             applied += n;
             if n < self.batch_size as u64 {
                 break;
@@ -338,6 +357,17 @@ impl ProjectionRunner {
         let Some(target) = self.latest_of(aggregate_type, aggregate_id).await? else {
             return Ok(true);
         };
+        self.wait_for(aggregate_type, target, timeout).await
+    }
+
+    /// Waits until every read-your-writes projection reading `aggregate_type` has applied the
+    /// event at `target`. Returns false on timeout.
+    pub async fn wait_for(
+        &self,
+        aggregate_type: &str,
+        target: Checkpoint,
+        timeout: Duration,
+    ) -> Result<bool, ProjectionError> {
         let waited_for = self
             .projections
             .iter()
@@ -413,8 +443,22 @@ impl ProjectionRunner {
                     // behind a transaction still open below it (the horizon), so look again soon
                     // rather than at the next poll.
                     let behind = *lane.wanted.borrow() > *lane.progress.borrow();
-                    let wait = if behind { BLOCKED_RETRY } else { IDLE_POLL };
-                    let _ = tokio::time::timeout(wait, notified).await;
+                    if behind {
+                        let unblocked = lane.unblock.notified();
+                        lane.blocked
+                            .store(true, std::sync::atomic::Ordering::Release);
+                        let _ = tokio::time::timeout(BLOCKED_RETRY, async {
+                            tokio::select! {
+                                _ = notified => {}
+                                _ = unblocked => {}
+                            }
+                        })
+                        .await;
+                        lane.blocked
+                            .store(false, std::sync::atomic::Ordering::Release);
+                    } else {
+                        let _ = tokio::time::timeout(IDLE_POLL, notified).await;
+                    }
                 }
                 Err(error) => {
                     tracing::error!(projection = projection.name(), %error, "projection failed; retrying");
@@ -464,40 +508,48 @@ async fn apply_batch(
     idle_advance: bool,
     batch_size: i64,
 ) -> Result<Option<(u64, Checkpoint)>, ProjectionError> {
-    let horizon = if skip_locked {
-        // One round trip: the horizon is read before the lock is tried, as below, and the
-        // batch's commit is made asynchronous (docs/decisions/0023): a projection is derived
-        // from events already durable, and its rows move with its checkpoint, so a crash that
-        // loses the last batches only sends the projection back to apply them again.
-        let (horizon, locked, _): (i64, bool, String) = sqlx::query_as(
+    let (horizon, checkpoint) = if skip_locked {
+        // One round trip: the horizon (read before the lock is tried, as below), the lock, the
+        // checkpoint, and the batch's commit made asynchronous (docs/decisions/0023: a
+        // projection is derived from events already durable, and its rows move with its
+        // checkpoint, so a crash that loses the last batches only sends the projection back to
+        // apply them again). The checkpoint is read in the statement's snapshot, taken before
+        // the lock: a runner that committed in between is caught by the checkpoint's
+        // compare-and-set below (docs/decisions/0026).
+        let row: Option<(i64, bool, String, i64, i64)> = sqlx::query_as(
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
                pg_try_advisory_xact_lock($1, hashtext($2)), \
-               set_config('synchronous_commit', 'off', true)",
+               set_config('synchronous_commit', 'off', true), \
+               last_transaction_id::text::bigint, last_position \
+             FROM projection_checkpoints WHERE name = $2",
         )
         .bind(LOCK_CLASS)
         .bind(projection.name())
-        .fetch_one(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
-        if !locked {
-            return Ok(None);
+        match row {
+            Some((horizon, true, _, last_txid, last_position)) => {
+                (horizon, (last_txid, last_position))
+            }
+            _ => return Ok(None),
         }
-        horizon
     } else {
         let horizon = horizon(&mut *conn).await?;
         lock_projection(&mut *conn, projection.name(), false).await?;
-        horizon
+        // Read after the lock: the previous holder's checkpoint is committed by then.
+        let checkpoint: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT last_transaction_id::text::bigint, last_position FROM projection_checkpoints \
+             WHERE name = $1",
+        )
+        .bind(projection.name())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(checkpoint) = checkpoint else {
+            return Ok(None);
+        };
+        (horizon, checkpoint)
     };
-    // Read after the lock: the previous holder's checkpoint is committed by then.
-    let checkpoint: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT last_transaction_id::text::bigint, last_position FROM projection_checkpoints \
-         WHERE name = $1",
-    )
-    .bind(projection.name())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((last_txid, last_position)) = checkpoint else {
-        return Ok(None);
-    };
+    let (last_txid, last_position) = checkpoint;
     let types: Vec<String> = projection
         .aggregate_types()
         .iter()
@@ -538,7 +590,17 @@ async fn apply_batch(
         let events: Vec<&StoredEvent> = events.iter().collect();
         projection.apply(&mut *conn, &events).await?;
     }
-    save_checkpoint(&mut *conn, projection.name(), next).await?;
+    if !move_checkpoint(&mut *conn, projection.name(), current, next).await? {
+        // Another runner moved it since this batch read it (before the lock was taken): what it
+        // applied, this batch applied again. Rolled back by the caller: as busy when the
+        // checkpoint was read before the lock, as an error when after it.
+        if skip_locked {
+            return Ok(None);
+        }
+        return Err(ProjectionError::CheckpointMoved(
+            projection.name().to_owned(),
+        ));
+    }
     Ok(Some((events.len() as u64, next)))
 }
 
@@ -575,6 +637,31 @@ pub(crate) async fn read_events(
     .bind(limit)
     .fetch_all(conn)
     .await
+}
+
+/// Moves the projection's checkpoint from `from` to `to`, inside the caller's transaction;
+/// false when it no longer stands at `from` (another runner moved it: a compare-and-set, which
+/// PostgreSQL evaluates on the row's latest committed version, waiting for a writer still open).
+async fn move_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    from: Checkpoint,
+    to: Checkpoint,
+) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "UPDATE projection_checkpoints SET last_transaction_id = $4::text::xid8, \
+         last_position = $5, updated_at = now() \
+         WHERE name = $1 AND last_transaction_id = $2::text::xid8 AND last_position = $3",
+    )
+    .bind(name)
+    .bind(from.transaction_id.to_string())
+    .bind(from.position)
+    .bind(to.transaction_id.to_string())
+    .bind(to.position)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
 }
 
 /// Moves the projection's checkpoint, inside the caller's transaction.

@@ -54,6 +54,11 @@ pub fn router(state: AppState, tokens: Arc<Authenticator>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
         .route_layer(axum::middleware::from_fn(crate::metrics::track_requests))
+        .route_layer(axum::middleware::from_fn(
+            |request: axum::extract::Request, next: axum::middleware::Next| {
+                crate::writes::recording(next.run(request))
+            },
+        ))
         .layer(axum::middleware::from_fn(extract::refuse_nul_in_uri))
         .layer(
             ServiceBuilder::new()

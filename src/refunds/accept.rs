@@ -1,9 +1,9 @@
 //! Accepting a refund: the key names the refund once, the intent is recorded, then it is driven.
 
-use ledger_aggregates::app_connection::AppConnectionError;
+use ledger_aggregates::app_connection::{AppConnectionError, APP_CONNECTION};
 use ledger_aggregates::charge_ledger::{
     idempotency_key, ChargeFacts, ChargeLedger, ChargeLedgerCommand, ChargeLedgerError, NewRefund,
-    RefundReason, RefundRecord, RefundStatus,
+    RefundReason, RefundRecord, RefundStatus, CHARGE_LEDGER,
 };
 use ledger_aggregates::EventMetadata;
 
@@ -23,6 +23,15 @@ pub struct RefundRequest {
     pub requested_by: String,
 }
 
+/// What the key claim found: the refund the key names, whether an earlier request named it,
+/// and the sequences of the app's and the charge's last events (`None`: none yet).
+struct Claim {
+    refund_id: String,
+    claimed_before: bool,
+    app_sequence: Option<i64>,
+    charge_sequence: Option<i64>,
+}
+
 /// A refund the ledger holds after a request: new, or the one this key already named.
 #[derive(Debug, Clone)]
 pub struct Accepted {
@@ -37,7 +46,12 @@ impl RefundService {
         meta: &EventMetadata,
     ) -> Result<Accepted, RefundError> {
         let key = idempotency_key(&request.purchase_id, &request.approval_id);
-        let (mut refund_id, claimed_before) = self.claim_key(&key, &request).await?;
+        let Claim {
+            mut refund_id,
+            claimed_before,
+            app_sequence,
+            charge_sequence,
+        } = self.claim_key(&key, &request).await?;
         if claimed_before {
             if let Some(existing) = self.load(&request.charge_id, &refund_id).await? {
                 return self.replay(&request.charge_id, existing, meta).await;
@@ -47,7 +61,14 @@ impl RefundService {
         // This request drives its new refund itself (the worker leaves it alone meanwhile).
         let claim = DrivingClaim::take(&self.driving, &refund_id);
         match self
-            .record_intent(&request, &key, &refund_id, claim.is_some(), meta)
+            .record_intent(
+                &request,
+                (app_sequence, charge_sequence),
+                &key,
+                &refund_id,
+                claim.is_some(),
+                meta,
+            )
             .await
         {
             Ok(ledger) => {
@@ -129,27 +150,37 @@ impl RefundService {
     /// on it alone. Stripe is called only after the intent's commit, which is synchronous and
     /// flushes the log up to itself, the claim included; a crash that loses a claim loses it
     /// before anything was recorded or sent on its account.
-    async fn claim_key(
-        &self,
-        key: &str,
-        request: &RefundRequest,
-    ) -> Result<(String, bool), RefundError> {
+    ///
+    /// The same statement reads the sequences of the app's and the charge's last events, so
+    /// that an app this process already holds at that sequence is not read again, and a charge
+    /// with no events yet is not read at all (docs/decisions/0027).
+    async fn claim_key(&self, key: &str, request: &RefundRequest) -> Result<Claim, RefundError> {
         let fresh = format!("rf_{}", uuid::Uuid::new_v4().simple());
-        let inserted = sqlx::query(
-            "INSERT INTO refund_keys (idempotency_key, app, charge_id, requested_amount, refund_id) \
-             SELECT $1, $2, $3, $4, $5 FROM (SELECT set_config('synchronous_commit', 'off', true)) asynchronous \
-             ON CONFLICT (idempotency_key) DO NOTHING",
+        let (inserted, app_sequence, charge_sequence): (bool, Option<i64>, Option<i64>) = sqlx::query_as(
+            "WITH claimed AS ( \
+               INSERT INTO refund_keys (idempotency_key, app, charge_id, requested_amount, refund_id) \
+               SELECT $1, $2, $3, $4, $5 FROM (SELECT set_config('synchronous_commit', 'off', true)) asynchronous \
+               ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM claimed), \
+               (SELECT max(sequence) FROM events WHERE aggregate_type = $6 AND aggregate_id = $2), \
+               (SELECT max(sequence) FROM events WHERE aggregate_type = $7 AND aggregate_id = $3)",
         )
         .bind(key)
         .bind(&request.app)
         .bind(&request.charge_id)
         .bind(request.amount)
         .bind(&fresh)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok((fresh, false));
+        .bind(APP_CONNECTION)
+        .bind(CHARGE_LEDGER)
+        .fetch_one(&self.pool)
+        .await?;
+        if inserted {
+            return Ok(Claim {
+                refund_id: fresh,
+                claimed_before: false,
+                app_sequence,
+                charge_sequence,
+            });
         }
         let (app, charge_id, amount, refund_id): (String, String, Option<i64>, String) = sqlx::query_as(
             "SELECT app, charge_id, requested_amount, refund_id FROM refund_keys WHERE idempotency_key = $1",
@@ -160,7 +191,12 @@ impl RefundService {
         if app != request.app || charge_id != request.charge_id || amount != request.amount {
             return Err(RefundError::KeyReused);
         }
-        Ok((refund_id, true))
+        Ok(Claim {
+            refund_id,
+            claimed_before: true,
+            app_sequence,
+            charge_sequence,
+        })
     }
 
     /// Frees a key whose request recorded nothing, so a corrected request may use it.
@@ -181,15 +217,14 @@ impl RefundService {
     async fn record_intent(
         &self,
         request: &RefundRequest,
+        (app_sequence, charge_sequence): (Option<i64>, Option<i64>),
         key: &str,
         refund_id: &str,
         submit: bool,
         meta: &EventMetadata,
     ) -> Result<Versioned<ChargeLedger>, RefundError> {
         let app = self
-            .ledger
-            .apps
-            .load(&request.app)
+            .app_at(&request.app, app_sequence)
             .await?
             .snapshot()
             .ok_or(LedgerError::Domain(AppConnectionError::AppNotFound))?;
@@ -234,10 +269,17 @@ impl RefundService {
                     refund_id: refund_id.to_owned(),
                 })
         };
+        // A charge with no events when the key was claimed is decided from the empty ledger
+        // without reading it; should another request's events have come in since, the append
+        // collides with them and the command is decided again on a fresh load.
+        let known = charge_sequence.is_none().then(|| Versioned {
+            state: ChargeLedger::default(),
+            sequence: 0,
+        });
         Ok(self
             .ledger
             .charges
-            .execute_versioned(&request.charge_id, None, command, submit_now, meta)
+            .execute_versioned(&request.charge_id, known, command, submit_now, meta)
             .await?)
     }
 }

@@ -6,17 +6,17 @@ mod drive;
 pub mod pause;
 mod worker;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use ledger_aggregates::app_connection::AppConnectionError;
+use ledger_aggregates::app_connection::{AppConnection, AppConnectionError};
 use ledger_aggregates::charge_ledger::{ChargeLedgerError, RefundRecord};
 use sqlx::PgPool;
 
 pub use accept::{Accepted, RefundRequest};
 pub use drive::{APP_NOT_AUTHORIZED, METADATA_REFUND_ID};
 
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, Versioned};
 use crate::stripe::StripeApi;
 
 /// Why a refund could not be accepted or driven.
@@ -49,7 +49,15 @@ pub struct RefundService {
     stripe: Option<StripeApi>,
     /// Refunds this process is driving right now: a second driver here would only wait.
     driving: Mutex<HashSet<String>>,
+    /// The apps as this process last loaded them, each with the sequence of its last event;
+    /// used only when the key claim reports the app still at that sequence (`accept.rs`).
+    apps: Mutex<HashMap<String, Versioned<AppConnection>>>,
 }
+
+/// How many apps `RefundService::apps` keeps before it starts again from empty (a platform
+/// serves a handful of apps; the bound only guards memory against a flood of unknown slugs,
+/// which are not kept anyway).
+const KNOWN_APPS: usize = 1024;
 
 impl RefundService {
     pub fn new(pool: PgPool, ledger: Arc<Ledger>, stripe: Option<StripeApi>) -> Arc<Self> {
@@ -58,11 +66,38 @@ impl RefundService {
             ledger,
             stripe,
             driving: Mutex::new(HashSet::new()),
+            apps: Mutex::new(HashMap::new()),
         })
     }
 
     fn stripe(&self) -> Result<&StripeApi, RefundError> {
         self.stripe.as_ref().ok_or(RefundError::StripeNotConfigured)
+    }
+
+    /// The app as of its last event, whose sequence the caller read from the event store
+    /// (`None`: it has none): this process's copy when it is at that sequence, otherwise
+    /// loaded from its events and kept.
+    async fn app_at(
+        &self,
+        slug: &str,
+        sequence: Option<i64>,
+    ) -> Result<AppConnection, RefundError> {
+        let known = |apps: &HashMap<String, Versioned<AppConnection>>| {
+            let app = apps.get(slug)?;
+            (Some(app.sequence as i64) == sequence).then(|| app.state.clone())
+        };
+        if let Some(app) = known(&self.apps.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(app);
+        }
+        let loaded = self.ledger.apps.load_versioned(slug).await?;
+        if loaded.sequence > 0 {
+            let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+            if apps.len() >= KNOWN_APPS && !apps.contains_key(slug) {
+                apps.clear();
+            }
+            apps.insert(slug.to_owned(), loaded.clone());
+        }
+        Ok(loaded.state)
     }
 
     pub async fn load(

@@ -70,6 +70,47 @@ async fn a_command_appends_in_order_at_once_and_a_second_writer_conflicts() {
     assert_eq!(read[2].payload, json!({"Tested": {"n": 3}}));
 }
 
+/// Inside a request's recording (`connect_ledger::writes`), an append reports the place of its
+/// last event, which the request's read-your-writes wait then targets; outside one, nothing.
+#[tokio::test]
+async fn an_append_reports_the_place_of_its_last_event_to_the_request() {
+    use connect_ledger::writes;
+    let url = fresh_database().await;
+    let pool = connect_ledger::db::connect(&url).await.expect("pool");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    let repository = EventRepository::new(pool.clone());
+
+    let first: Vec<SerializedEvent> = (1..=2).map(|n| event("shop", n, "Tested")).collect();
+    repository
+        .persist::<AppConnection>(&first, None)
+        .await
+        .expect("append outside a recording");
+    assert_eq!(writes::appended("AppConnection", "shop"), None);
+
+    let (reported, other) = writes::recording(async {
+        let more: Vec<SerializedEvent> = (3..=5).map(|n| event("shop", n, "Tested")).collect();
+        repository
+            .persist::<AppConnection>(&more, None)
+            .await
+            .expect("append");
+        (
+            writes::appended("AppConnection", "shop"),
+            writes::appended("AppConnection", "other"),
+        )
+    })
+    .await;
+    let last: (i64, i64) = sqlx::query_as(
+        "SELECT transaction_id::text::bigint, global_position FROM events \
+         ORDER BY global_position DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("last event");
+    let reported = reported.expect("reported");
+    assert_eq!((reported.transaction_id, reported.position), last);
+    assert_eq!(other, None, "only the aggregate appended to");
+}
+
 /// A command decided on a state the caller held (`Versioned`) while another writer moved the
 /// aggregate on is decided again on a fresh load: here the stale state would still allow the
 /// refund, the fresh one does not.
@@ -121,6 +162,20 @@ async fn a_command_on_a_stale_known_state_is_decided_again_on_fresh_state() {
     assert!(
         matches!(stale, Err(LedgerError::Domain(_))),
         "only 100 is left once r2 is seen: {stale:?}"
+    );
+    // The same from the empty ledger a refund assumes for a charge the key claim found without
+    // events (src/refunds/accept.rs), when another request's events came in since.
+    let empty = connect_ledger::ledger::Versioned {
+        state: ledger_aggregates::charge_ledger::ChargeLedger::default(),
+        sequence: 0,
+    };
+    let assumed_empty = ledger
+        .charges
+        .execute_versioned("ch_stale", Some(empty), request("r4", 200), |_| None, &meta)
+        .await;
+    assert!(
+        matches!(assumed_empty, Err(LedgerError::Domain(_))),
+        "only 100 is left: {assumed_empty:?}"
     );
     let events: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = 'ch_stale'")

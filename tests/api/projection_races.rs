@@ -163,3 +163,94 @@ async fn no_event_is_skipped_or_applied_twice_under_racing_commits_and_two_insta
         "rolled-back transactions left gaps"
     );
 }
+
+/// Like `Seen`, but the first time it applies a batch, another runner (here: another
+/// connection) moves the checkpoint past the batch's first event before the batch commits:
+/// the runner read the checkpoint before taking the projection's lock, in one statement, and
+/// may meet exactly this when another instance committed in between.
+struct Overtaken {
+    other: PgPool,
+    overtaken: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Projection for Overtaken {
+    fn name(&self) -> &str {
+        "seen"
+    }
+    fn aggregate_types(&self) -> &[&'static str] {
+        &["Race"]
+    }
+    fn tables(&self) -> Vec<String> {
+        vec!["seen".into()]
+    }
+    fn aside(&self) -> Arc<dyn Projection> {
+        Arc::new(Seen)
+    }
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        if !self
+            .overtaken
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let first = events[0];
+            sqlx::query(
+                "UPDATE projection_checkpoints SET last_transaction_id = $2::text::xid8, \
+                 last_position = $3 WHERE name = $1",
+            )
+            .bind(self.name())
+            .bind(first.transaction_id.to_string())
+            .bind(first.global_position)
+            .execute(&self.other)
+            .await?;
+        }
+        Seen.apply(conn, events).await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_whose_checkpoint_moved_under_it_is_rolled_back() {
+    use ledger_projections::runner::CatchUp;
+    let url = fresh_database().await;
+    let pool = connect_ledger::db::connect(&url).await.expect("pool");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    sqlx::query("CREATE TABLE seen (global_position bigint PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .expect("seen table");
+    for _ in 0..3 {
+        write(&pool, Duration::ZERO, true).await;
+    }
+    let projection = Arc::new(Overtaken {
+        other: pool.clone(),
+        overtaken: std::sync::atomic::AtomicBool::new(false),
+    });
+    let runner = ProjectionRunner::new(pool.clone(), vec![projection.clone()]);
+    runner.register().await.expect("register");
+
+    let overtaken = runner
+        .catch_up(projection.as_ref())
+        .await
+        .expect("catch up");
+    assert!(matches!(overtaken, CatchUp::Busy), "{overtaken:?}");
+    assert_eq!(
+        seen(&pool).await,
+        Vec::<i64>::new(),
+        "the batch is rolled back"
+    );
+
+    let resumed = runner
+        .catch_up(projection.as_ref())
+        .await
+        .expect("catch up");
+    assert!(matches!(resumed, CatchUp::Applied(2)), "{resumed:?}");
+    let all = committed(&pool).await;
+    assert_eq!(
+        seen(&pool).await,
+        all[1..].to_vec(),
+        "from the moved checkpoint on"
+    );
+}

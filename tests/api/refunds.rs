@@ -568,3 +568,38 @@ async fn a_circuit_stops_hammering_stripe_while_it_is_down_then_lets_the_refund_
     assert!(done["stripe_refund_id"].is_string());
     assert_eq!(app.stripe.refunds_of(&charge).len(), 1, "once at Stripe");
 }
+
+/// The service keeps the apps it has read for refunds, and uses a kept app only while the key
+/// claim finds it at the same event: a disconnect and a reconnection to another account between
+/// two refunds are seen by the next one.
+#[tokio::test]
+async fn a_refund_sees_the_app_as_its_last_event_left_it() {
+    let (app, charge) = app_with_charge(1000).await;
+    assert_eq!(
+        app.refund("shop", &charge, "a1", Some(100)).await.status(),
+        201
+    );
+
+    assert_eq!(
+        app.post("/v1/apps/shop/disconnect", json!({}))
+            .await
+            .status(),
+        200
+    );
+    let disconnected = app.refund("shop", &charge, "a2", Some(100)).await;
+    assert_eq!(disconnected.status(), 409);
+    assert_eq!(error_code(disconnected).await, "app_not_connected");
+
+    let state = app.start_connect("shop").await;
+    let code = app.stripe.issue_code("acct_2Moved");
+    let location = app.callback(&[("code", &code), ("state", &state)]).await;
+    assert!(location.ends_with("success=connected"), "{location}");
+    let moved = app.stripe.create_charge("acct_2Moved", 500, "usd");
+    assert_eq!(
+        app.refund("shop", &moved, "a3", Some(100)).await.status(),
+        201
+    );
+    let posts = app.stripe.requests_to("/v1/refunds");
+    let accounts: Vec<Option<&str>> = posts.iter().map(|p| p.stripe_account.as_deref()).collect();
+    assert_eq!(accounts, vec![Some(ACCOUNT), Some("acct_2Moved")]);
+}
