@@ -239,8 +239,8 @@ impl Ledger {
         }
     }
 
-    /// Waits until the read models show the aggregate's latest event; false after a timeout
-    /// (the write is durable either way).
+    /// Waits until the read models show the events this request appended to the aggregate, or
+    /// else its latest event; false after a timeout (the write is durable either way).
     pub async fn settle(&self, aggregate_type: &str, id: &str) -> bool {
         // The request's own appends are the target when it made any (`crate::writes`);
         // otherwise the aggregate's latest event, asked of the store.

@@ -13,7 +13,9 @@
 //! The projection's writes and its checkpoint move in one transaction. The transaction first takes
 //! the projection's advisory lock without waiting (`pg_try_advisory_xact_lock`), so among several
 //! service instances one runner works on a projection at a time and the others simply find it
-//! busy.
+//! busy. The checkpoint is read in the same statement as the lock, so in a snapshot taken just
+//! before it; the batch therefore moves the checkpoint only from where it read it (a
+//! compare-and-set), and a batch that finds it moved is rolled back (docs/decisions/0026).
 
 use std::collections::HashMap;
 use std::sync::Arc;
