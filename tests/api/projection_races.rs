@@ -14,7 +14,15 @@ use sqlx::{PgConnection, PgPool};
 use crate::helpers::fresh_database;
 
 /// Records each applied position; the primary key makes a second application fail loudly.
-struct Seen;
+/// With an `overtaker`, the first time it applies a batch another runner (here: another
+/// connection) moves the checkpoint past the batch's first event before the batch commits: the
+/// runner reads the checkpoint before taking the projection's lock, in one statement, and may
+/// meet exactly this when another instance committed in between.
+#[derive(Default)]
+struct Seen {
+    overtaker: Option<PgPool>,
+    overtaken: std::sync::atomic::AtomicBool,
+}
 
 #[async_trait]
 impl Projection for Seen {
@@ -28,13 +36,29 @@ impl Projection for Seen {
         vec!["seen".into()]
     }
     fn aside(&self) -> Arc<dyn Projection> {
-        Arc::new(Seen)
+        Arc::new(Seen::default())
     }
     async fn apply(
         &self,
         conn: &mut PgConnection,
         events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
+        if let Some(other) = &self.overtaker {
+            if !self
+                .overtaken
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                sqlx::query(
+                    "UPDATE projection_checkpoints SET last_transaction_id = $2::text::xid8, \
+                     last_position = $3 WHERE name = $1",
+                )
+                .bind(self.name())
+                .bind(events[0].transaction_id.to_string())
+                .bind(events[0].global_position)
+                .execute(other)
+                .await?;
+            }
+        }
         let positions: Vec<i64> = events.iter().map(|e| e.global_position).collect();
         sqlx::query("INSERT INTO seen (global_position) SELECT * FROM UNNEST($1::int8[])")
             .bind(positions)
@@ -92,7 +116,7 @@ async fn no_event_is_skipped_or_applied_twice_under_racing_commits_and_two_insta
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for _ in 0..2 {
         let instance_pool = connect_ledger::db::connect(&url).await.expect("pool");
-        let runner = ProjectionRunner::new(instance_pool, vec![Arc::new(Seen)]);
+        let runner = ProjectionRunner::new(instance_pool, vec![Arc::new(Seen::default())]);
         runner.register().await.expect("register");
         let mut stop = stop_rx.clone();
         tokio::spawn(runner.run(async move {
@@ -164,53 +188,6 @@ async fn no_event_is_skipped_or_applied_twice_under_racing_commits_and_two_insta
     );
 }
 
-/// Like `Seen`, but the first time it applies a batch, another runner (here: another
-/// connection) moves the checkpoint past the batch's first event before the batch commits:
-/// the runner read the checkpoint before taking the projection's lock, in one statement, and
-/// may meet exactly this when another instance committed in between.
-struct Overtaken {
-    other: PgPool,
-    overtaken: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait]
-impl Projection for Overtaken {
-    fn name(&self) -> &str {
-        "seen"
-    }
-    fn aggregate_types(&self) -> &[&'static str] {
-        &["Race"]
-    }
-    fn tables(&self) -> Vec<String> {
-        vec!["seen".into()]
-    }
-    fn aside(&self) -> Arc<dyn Projection> {
-        Arc::new(Seen)
-    }
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[&StoredEvent],
-    ) -> Result<(), ProjectionError> {
-        if !self
-            .overtaken
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            let first = events[0];
-            sqlx::query(
-                "UPDATE projection_checkpoints SET last_transaction_id = $2::text::xid8, \
-                 last_position = $3 WHERE name = $1",
-            )
-            .bind(self.name())
-            .bind(first.transaction_id.to_string())
-            .bind(first.global_position)
-            .execute(&self.other)
-            .await?;
-        }
-        Seen.apply(conn, events).await
-    }
-}
-
 #[tokio::test]
 async fn a_batch_whose_checkpoint_moved_under_it_is_rolled_back() {
     use ledger_projections::runner::CatchUp;
@@ -224,9 +201,9 @@ async fn a_batch_whose_checkpoint_moved_under_it_is_rolled_back() {
     for _ in 0..3 {
         write(&pool, Duration::ZERO, true).await;
     }
-    let projection = Arc::new(Overtaken {
-        other: pool.clone(),
-        overtaken: std::sync::atomic::AtomicBool::new(false),
+    let projection = Arc::new(Seen {
+        overtaker: Some(pool.clone()),
+        ..Seen::default()
     });
     let runner = ProjectionRunner::new(pool.clone(), vec![projection.clone()]);
     runner.register().await.expect("register");
