@@ -218,8 +218,7 @@ where
 
     /// The aggregate's current state, from its events.
     pub async fn load(&self, id: &str) -> Result<A, LedgerError<A::Error>> {
-        let mut context = self.store.load_aggregate(id).await.map_err(store_error)?;
-        Ok(std::mem::take(context.aggregate()))
+        Ok(self.load_versioned(id).await?.state)
     }
 }
 

@@ -82,12 +82,14 @@ impl RefundService {
         slug: &str,
         sequence: Option<i64>,
     ) -> Result<AppConnection, RefundError> {
-        let known = |apps: &HashMap<String, Versioned<AppConnection>>| {
-            let app = apps.get(slug)?;
-            (Some(app.sequence as i64) == sequence).then(|| app.state.clone())
-        };
-        if let Some(app) = known(&self.apps.lock().unwrap_or_else(|p| p.into_inner())) {
-            return Ok(app);
+        {
+            let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(app) = apps
+                .get(slug)
+                .filter(|app| Some(app.sequence as i64) == sequence)
+            {
+                return Ok(app.state.clone());
+            }
         }
         let loaded = self.ledger.apps.load_versioned(slug).await?;
         if loaded.sequence > 0 {

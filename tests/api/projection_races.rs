@@ -86,6 +86,18 @@ async fn write(pool: &PgPool, hold: Duration, commit: bool) {
     }
 }
 
+/// A fresh database with the `seen` table.
+async fn database_with_seen_table() -> (String, PgPool) {
+    let url = fresh_database().await;
+    let pool = connect_ledger::db::connect(&url).await.expect("pool");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    sqlx::query("CREATE TABLE seen (global_position bigint PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .expect("seen table");
+    (url, pool)
+}
+
 async fn committed(pool: &PgPool) -> Vec<i64> {
     sqlx::query_scalar(
         "SELECT global_position FROM events WHERE aggregate_type = 'Race' ORDER BY 1",
@@ -104,13 +116,7 @@ async fn seen(pool: &PgPool) -> Vec<i64> {
 
 #[tokio::test]
 async fn no_event_is_skipped_or_applied_twice_under_racing_commits_and_two_instances() {
-    let url = fresh_database().await;
-    let pool = connect_ledger::db::connect(&url).await.expect("pool");
-    connect_ledger::db::migrate(&pool).await.expect("migrate");
-    sqlx::query("CREATE TABLE seen (global_position bigint PRIMARY KEY)")
-        .execute(&pool)
-        .await
-        .expect("seen table");
+    let (url, pool) = database_with_seen_table().await;
 
     // Two service instances, each with its own pool, run the same projection.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -191,13 +197,7 @@ async fn no_event_is_skipped_or_applied_twice_under_racing_commits_and_two_insta
 #[tokio::test]
 async fn a_batch_whose_checkpoint_moved_under_it_is_rolled_back() {
     use ledger_projections::runner::CatchUp;
-    let url = fresh_database().await;
-    let pool = connect_ledger::db::connect(&url).await.expect("pool");
-    connect_ledger::db::migrate(&pool).await.expect("migrate");
-    sqlx::query("CREATE TABLE seen (global_position bigint PRIMARY KEY)")
-        .execute(&pool)
-        .await
-        .expect("seen table");
+    let (_, pool) = database_with_seen_table().await;
     for _ in 0..3 {
         write(&pool, Duration::ZERO, true).await;
     }
