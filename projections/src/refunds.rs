@@ -6,10 +6,11 @@ use ledger_aggregates::charge_ledger::{ChargeLedgerEvent, CHARGE_LEDGER};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use crate::touched::Touched;
-use crate::{Projection, ProjectionError, StoredEvent};
+use crate::{Checkpoint, Projection, ProjectionError, StoredEvent};
 
 /// Writes refunds and charges into `<prefix>refunds` and `<prefix>charges`.
 pub struct RefundsProjection {
@@ -17,6 +18,33 @@ pub struct RefundsProjection {
     refunds: String,
     charges: String,
     external: String,
+    kept: Mutex<Kept>,
+}
+
+/// How many charges' rows [`Kept`] holds before it starts again from empty (a charge with a
+/// few refunds is about a kilobyte).
+const KEPT_CHARGES: usize = 4096;
+
+/// The rows of the charges this process's committed batches touched, current while the
+/// projection's checkpoint stands where the last of those batches left it: every change to
+/// these tables moves the checkpoint (docs/decisions/0028).
+#[derive(Default)]
+struct Kept {
+    /// The checkpoint the rows are current at (`None`: none kept).
+    at: Option<Checkpoint>,
+    charges: HashMap<String, ChargeRows>,
+    /// The rows as the batch applied last left them, and the checkpoints it moves between;
+    /// kept once the runner reports that batch committed.
+    pending: Option<(Checkpoint, Checkpoint, HashMap<String, ChargeRows>)>,
+}
+
+/// All the rows of one charge: the charge (absent until its first observation), its refunds
+/// and the refunds made outside the platform.
+#[derive(Clone, Default)]
+struct ChargeRows {
+    charge: Option<ChargeRecord>,
+    refunds: Vec<RefundRecord>,
+    external: Vec<ExternalRecord>,
 }
 
 impl RefundsProjection {
@@ -33,6 +61,7 @@ impl RefundsProjection {
             refunds: format!("{prefix}refunds"),
             charges: format!("{prefix}charges"),
             external: format!("{prefix}external_refunds"),
+            kept: Mutex::new(Kept::default()),
         }
     }
 }
@@ -72,13 +101,103 @@ impl Projection for RefundsProjection {
         conn: &mut PgConnection,
         events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
+        let ids = charge_ids(events);
+        let mut touched = self.load(conn, &ids).await?;
+        self.fold(&mut touched, events)?;
+        self.store(conn, &touched).await
+    }
+
+    /// Reads only the charges it does not know: those whose rows it kept at `from`, and those
+    /// whose first event ever is in this batch (a charge has rows only from its events), are
+    /// not read. A batch that turns out to start elsewhere than `from` is rolled back by the
+    /// checkpoint's compare-and-set, so the rows it was given could not be stale.
+    async fn apply_from(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+        from: Checkpoint,
+    ) -> Result<(), ProjectionError> {
+        let ids = charge_ids(events);
+        let mut known: HashMap<String, ChargeRows> = {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.pending = None;
+            if kept.at == Some(from) {
+                ids.iter()
+                    .filter_map(|id| Some((id.to_string(), kept.charges.get(*id)?.clone())))
+                    .collect()
+            } else {
+                HashMap::new()
+            }
+        };
+        let mut first_seen = HashSet::new();
+        for event in events {
+            let id = event.aggregate_id.as_str();
+            if first_seen.insert(id) && event.sequence == 1 {
+                known.entry(id.to_owned()).or_default();
+            }
+        }
+        let unknown: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !known.contains_key(*id))
+            .collect();
+        let mut touched = if unknown.is_empty() {
+            Ledgers::default()
+        } else {
+            self.load(conn, &unknown).await?
+        };
+        touched.add(known.into_values());
+        self.fold(&mut touched, events)?;
+        self.store(conn, &touched).await?;
+        let last = events.last().map(|last| Checkpoint {
+            transaction_id: last.transaction_id,
+            position: last.global_position,
+        });
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.pending = last.map(|last| (from, last, touched.by_charge(&ids)));
+        Ok(())
+    }
+
+    fn committed(&self, from: Checkpoint, to: Checkpoint, applied: u64) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = kept.pending.take();
+        let still = kept.at == Some(from);
+        match pending {
+            // The rows of exactly this batch: the events between two checkpoints below a
+            // horizon never change.
+            Some((start, end, rows)) if applied > 0 && start == from && end == to => {
+                if !still || kept.charges.len() + rows.len() > KEPT_CHARGES {
+                    kept.charges.clear();
+                }
+                kept.charges.extend(rows);
+                kept.at = Some(to);
+            }
+            // A batch that moved the checkpoint past other types' events only.
+            _ if applied == 0 && still => kept.at = Some(to),
+            _ => *kept = Kept::default(),
+        }
+    }
+}
+
+/// The charges of a batch, each once, in the order of their first event.
+fn charge_ids<'a>(events: &[&'a StoredEvent]) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    events
+        .iter()
+        .map(|e| e.aggregate_id.as_str())
+        .filter(|id| seen.insert(*id))
+        .collect()
+}
+
+impl RefundsProjection {
+    /// Folds the batch's events into the rows of its charges.
+    fn fold(&self, touched: &mut Ledgers, events: &[&StoredEvent]) -> Result<(), ProjectionError> {
         use ChargeLedgerEvent as E;
-        let mut touched = self.load(conn, events).await?;
         let Ledgers {
             charges,
             refunds,
             external,
-        } = &mut touched;
+        } = touched;
         for event in events {
             let charge_id = event.aggregate_id.as_str();
             let at = event.recorded_at;
@@ -214,12 +333,13 @@ impl Projection for RefundsProjection {
             }
         }
         touched.recompute_sums();
-        self.store(conn, &touched).await
+        Ok(())
     }
 }
 
 /// The rows of the charges a batch touches: the charges, all their refunds, and all the refunds
 /// made outside the platform, so their sums can be re-derived in memory.
+#[derive(Default)]
 struct Ledgers {
     charges: Touched<String, ChargeRecord>,
     refunds: Touched<String, RefundRecord>,
@@ -227,6 +347,46 @@ struct Ledgers {
 }
 
 impl Ledgers {
+    /// Adds the rows of charges known without reading them, as unchanged.
+    fn add(&mut self, known: impl IntoIterator<Item = ChargeRows>) {
+        for rows in known {
+            if let Some(charge) = rows.charge {
+                self.charges.add(charge.charge_id.clone(), charge);
+            }
+            for refund in rows.refunds {
+                self.refunds.add(refund.id.clone(), refund);
+            }
+            for external in rows.external {
+                self.external
+                    .add(external.stripe_refund_id.clone(), external);
+            }
+        }
+    }
+
+    /// The rows of each of `ids` as they now stand.
+    fn by_charge(&self, ids: &[&str]) -> HashMap<String, ChargeRows> {
+        let mut rows: HashMap<String, ChargeRows> = ids
+            .iter()
+            .map(|id| ((*id).to_owned(), ChargeRows::default()))
+            .collect();
+        for charge in self.charges.values() {
+            if let Some(entry) = rows.get_mut(&charge.charge_id) {
+                entry.charge = Some(charge.clone());
+            }
+        }
+        for refund in self.refunds.values() {
+            if let Some(entry) = rows.get_mut(&refund.charge_id) {
+                entry.refunds.push(refund.clone());
+            }
+        }
+        for external in self.external.values() {
+            if let Some(entry) = rows.get_mut(&external.charge_id) {
+                entry.external.push(external.clone());
+            }
+        }
+        rows
+    }
+
     /// Re-derives each charge's sums from its refunds (ours and external).
     fn recompute_sums(&mut self) {
         #[derive(Default, PartialEq)]
@@ -277,30 +437,24 @@ impl Ledgers {
 }
 
 impl RefundsProjection {
-    async fn load(
-        &self,
-        conn: &mut PgConnection,
-        events: &[&StoredEvent],
-    ) -> Result<Ledgers, sqlx::Error> {
+    async fn load(&self, conn: &mut PgConnection, ids: &[&str]) -> Result<Ledgers, sqlx::Error> {
         let (refunds, charges, external) = (&self.refunds, &self.charges, &self.external);
-        let mut ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
-        ids.dedup();
         let loaded_charges: Vec<ChargeRecord> = sqlx::query_as(&format!(
             "SELECT {CHARGE_COLUMNS} FROM {charges} WHERE charge_id = ANY($1)"
         ))
-        .bind(&ids)
+        .bind(ids)
         .fetch_all(&mut *conn)
         .await?;
         let loaded_refunds: Vec<RefundRecord> = sqlx::query_as(&format!(
             "SELECT {RECORD_COLUMNS} FROM {refunds} WHERE charge_id = ANY($1)"
         ))
-        .bind(&ids)
+        .bind(ids)
         .fetch_all(&mut *conn)
         .await?;
         let loaded_external: Vec<ExternalRecord> = sqlx::query_as(&format!(
             "SELECT {EXTERNAL_COLUMNS} FROM {external} WHERE charge_id = ANY($1)"
         ))
-        .bind(&ids)
+        .bind(ids)
         .fetch_all(&mut *conn)
         .await?;
         Ok(Ledgers {

@@ -78,6 +78,20 @@ pub trait Projection: Send + Sync + 'static {
         conn: &mut PgConnection,
         events: &[&StoredEvent],
     ) -> Result<(), ProjectionError>;
+    /// [`Self::apply`] for a live batch that starts at the checkpoint `from`: a projection may
+    /// then use rows it kept from its own committed batches while the checkpoint stands where
+    /// they left it (docs/decisions/0028).
+    async fn apply_from(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+        _from: Checkpoint,
+    ) -> Result<(), ProjectionError> {
+        self.apply(conn, events).await
+    }
+    /// Told after the commit of a live batch that applied `applied` events and moved the
+    /// checkpoint from `from` to `to`.
+    fn committed(&self, _from: Checkpoint, _to: Checkpoint, _applied: u64) {}
 }
 
 /// A place in the global order: events at or before it have been applied.
@@ -245,12 +259,13 @@ impl ProjectionRunner {
         loop {
             let mut tx = self.pool.begin().await?;
             let idle_advance = lane.is_none_or(Lane::take_idle_advance);
-            let Some((n, reached)) =
+            let Some((n, from, reached)) =
                 apply_batch(&mut tx, projection, true, idle_advance, self.batch_size).await?
             else {
                 return Ok(CatchUp::Busy);
             };
             tx.commit().await?;
+            projection.committed(from, reached, n);
             if let Some(lane) = lane {
                 lane.reached(reached);
             }
@@ -275,7 +290,7 @@ impl ProjectionRunner {
         loop {
             let n = apply_batch(conn, projection, false, true, self.batch_size)
                 .await?
-                .map_or(0, |(n, _)| n);
+                .map_or(0, |(n, _, _)| n);
             applied += n;
             if n < self.batch_size as u64 {
                 return Ok(applied);
@@ -509,31 +524,16 @@ async fn apply_batch(
     skip_locked: bool,
     idle_advance: bool,
     batch_size: i64,
-) -> Result<Option<(u64, Checkpoint)>, ProjectionError> {
-    let (horizon, checkpoint) = if skip_locked {
-        // One round trip: the horizon (read before the lock is tried, as below), the lock, the
-        // checkpoint, and the batch's commit made asynchronous (docs/decisions/0023: a
-        // projection is derived from events already durable, and its rows move with its
-        // checkpoint, so a crash that loses the last batches only sends the projection back to
-        // apply them again). The checkpoint is read in the statement's snapshot, taken before
-        // the lock: a runner that committed in between is caught by the checkpoint's
-        // compare-and-set below (docs/decisions/0026).
-        let row: Option<(i64, bool, String, i64, i64)> = sqlx::query_as(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
-               pg_try_advisory_xact_lock($1, hashtext($2)), \
-               set_config('synchronous_commit', 'off', true), \
-               last_transaction_id::text::bigint, last_position \
-             FROM projection_checkpoints WHERE name = $2",
-        )
-        .bind(LOCK_CLASS)
-        .bind(projection.name())
-        .fetch_optional(&mut *conn)
-        .await?;
-        match row {
-            Some((horizon, true, _, last_txid, last_position)) => {
-                (horizon, (last_txid, last_position))
-            }
-            _ => return Ok(None),
+) -> Result<Option<(u64, Checkpoint, Checkpoint)>, ProjectionError> {
+    let types: Vec<String> = projection
+        .aggregate_types()
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    let (horizon, checkpoint, read) = if skip_locked {
+        match first_statement(&mut *conn, projection.name(), &types, batch_size).await? {
+            Some((horizon, checkpoint, events)) => (horizon, checkpoint, Some(events)),
+            None => return Ok(None),
         }
     } else {
         let horizon = horizon(&mut *conn).await?;
@@ -549,19 +549,17 @@ async fn apply_batch(
         let Some(checkpoint) = checkpoint else {
             return Ok(None);
         };
-        (horizon, checkpoint)
+        (horizon, checkpoint, None)
     };
     let (last_txid, last_position) = checkpoint;
-    let types: Vec<String> = projection
-        .aggregate_types()
-        .iter()
-        .map(|t| (*t).to_owned())
-        .collect();
     let current = Checkpoint {
         transaction_id: last_txid,
         position: last_position,
     };
-    let events = read_events(&mut *conn, current, horizon, &types, batch_size).await?;
+    let events = match read {
+        Some(events) => events,
+        None => read_events(&mut *conn, current, horizon, &types, batch_size).await?,
+    };
     let mut next = events.last().map(|last| Checkpoint {
         transaction_id: last.transaction_id,
         position: last.global_position,
@@ -586,11 +584,11 @@ async fn apply_batch(
         next = next.max(tail);
     }
     let Some(next) = next.filter(|next| *next > current) else {
-        return Ok(Some((0, current)));
+        return Ok(Some((0, current, current)));
     };
     if !events.is_empty() {
         let events: Vec<&StoredEvent> = events.iter().collect();
-        projection.apply(&mut *conn, &events).await?;
+        projection.apply_from(&mut *conn, &events, current).await?;
     }
     if !move_checkpoint(&mut *conn, projection.name(), current, next).await? {
         // Another runner moved it since this batch read it (before the lock was taken): what it
@@ -603,7 +601,70 @@ async fn apply_batch(
             projection.name().to_owned(),
         ));
     }
-    Ok(Some((events.len() as u64, next)))
+    Ok(Some((events.len() as u64, current, next)))
+}
+
+/// A live batch's first statement, one round trip: the horizon (read before the lock is tried,
+/// as in [`horizon`]), the lock, the checkpoint, the batch's commit made asynchronous, and the
+/// events after the checkpoint below the horizon. `None` when another runner holds the lock.
+///
+/// The commit is asynchronous because a projection is derived from events already durable, and
+/// its rows move with its checkpoint: a crash that loses the last batches only sends the
+/// projection back to apply them again (docs/decisions/0023). The checkpoint is read in the
+/// statement's snapshot, taken before the lock: a runner that committed in between is caught
+/// by the checkpoint's compare-and-set (docs/decisions/0026). The events are read only once
+/// the lock is held (the `locked` condition in the lateral join, evaluated after the lock).
+async fn first_statement(
+    conn: &mut PgConnection,
+    name: &str,
+    types: &[String],
+    limit: i64,
+) -> Result<Option<(i64, (i64, i64), Vec<StoredEvent>)>, sqlx::Error> {
+    use sqlx::{FromRow, Row};
+    let rows = sqlx::query(&format!(
+        "WITH batch AS MATERIALIZED ( \
+           SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon, \
+             pg_try_advisory_xact_lock($1, hashtext($2)) AS locked, \
+             set_config('synchronous_commit', 'off', true) AS asynchronous, \
+             last_transaction_id, last_position \
+           FROM projection_checkpoints WHERE name = $2) \
+         SELECT batch.horizon::text::bigint AS batch_horizon, batch.locked AS batch_locked, \
+           batch.last_transaction_id::text::bigint AS batch_transaction_id, \
+           batch.last_position AS batch_position, unread.* \
+         FROM batch LEFT JOIN LATERAL ( \
+           SELECT {STORED_EVENT_COLUMNS} FROM events \
+           WHERE batch.locked \
+             AND (events.transaction_id, events.global_position) \
+               > (batch.last_transaction_id, batch.last_position) \
+             AND events.transaction_id < batch.horizon \
+             AND events.aggregate_type = ANY($3) \
+           ORDER BY events.transaction_id, events.global_position LIMIT $4) unread ON true"
+    ))
+    .bind(LOCK_CLASS)
+    .bind(name)
+    .bind(types)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    if !first.try_get::<bool, _>("batch_locked")? {
+        return Ok(None);
+    }
+    let horizon: i64 = first.try_get("batch_horizon")?;
+    let checkpoint: (i64, i64) = (
+        first.try_get("batch_transaction_id")?,
+        first.try_get("batch_position")?,
+    );
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The lateral join's one row of nulls when there is nothing to read.
+        if row.try_get::<Option<i64>, _>("global_position")?.is_some() {
+            events.push(StoredEvent::from_row(row)?);
+        }
+    }
+    Ok(Some((horizon, checkpoint, events)))
 }
 
 /// The oldest transaction still running: every event of a transaction below it is committed

@@ -12,12 +12,26 @@ pub struct Touched<K, V> {
     changed: Vec<K>,
 }
 
+impl<K, V> Default for Touched<K, V> {
+    fn default() -> Self {
+        Self {
+            rows: HashMap::new(),
+            changed: Vec::new(),
+        }
+    }
+}
+
 impl<K: Hash + Eq + Clone, V> Touched<K, V> {
     pub fn new(existing: impl IntoIterator<Item = (K, V)>) -> Self {
         Self {
             rows: existing.into_iter().map(|(k, v)| (k, (v, false))).collect(),
             changed: Vec::new(),
         }
+    }
+
+    /// Adds a row as it stands, unchanged (a later `add` of the same key replaces it).
+    pub fn add(&mut self, key: K, value: V) {
+        self.rows.insert(key, (value, false));
     }
 
     pub fn get<Q>(&self, key: &Q) -> Option<&V>

@@ -270,16 +270,22 @@ impl RefundService {
                 })
         };
         // A charge with no events when the key was claimed is decided from the empty ledger
-        // without reading it; should another request's events have come in since, the append
-        // collides with them and the command is decided again on a fresh load.
-        let known = charge_sequence.is_none().then(|| Versioned {
-            state: ChargeLedger::default(),
-            sequence: 0,
-        });
-        Ok(self
+        // without reading it, and one this process's refunds last left at the sequence the
+        // claim read, from that state; should another request's events have come in since,
+        // the append collides with them and the command is decided again on a fresh load.
+        let known = match charge_sequence {
+            None => Some(Versioned {
+                state: ChargeLedger::default(),
+                sequence: 0,
+            }),
+            Some(_) => self.charges.at(&request.charge_id, charge_sequence),
+        };
+        let ledger = self
             .ledger
             .charges
             .execute_versioned(&request.charge_id, known, command, submit_now, meta)
-            .await?)
+            .await?;
+        self.charges.keep(&request.charge_id, &ledger);
+        Ok(ledger)
     }
 }

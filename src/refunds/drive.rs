@@ -197,6 +197,7 @@ impl RefundService {
             .charges
             .execute_versioned(charge_id, known, command, |_| None, meta)
             .await?;
+        self.charges.keep(charge_id, &ledger);
         Ok(ledger.state.refund(refund_id).cloned())
     }
 

@@ -3,20 +3,22 @@
 
 mod accept;
 mod drive;
+mod known;
 pub mod pause;
 mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use ledger_aggregates::app_connection::{AppConnection, AppConnectionError};
-use ledger_aggregates::charge_ledger::{ChargeLedgerError, RefundRecord};
+use ledger_aggregates::charge_ledger::{ChargeLedger, ChargeLedgerError, RefundRecord};
 use sqlx::PgPool;
 
 pub use accept::{Accepted, RefundRequest};
 pub use drive::{APP_NOT_AUTHORIZED, METADATA_REFUND_ID};
 
-use crate::ledger::{Ledger, LedgerError, Versioned};
+use self::known::KnownStates;
+use crate::ledger::{Ledger, LedgerError};
 use crate::stripe::StripeApi;
 
 /// Why a refund could not be accepted or driven.
@@ -49,15 +51,20 @@ pub struct RefundService {
     stripe: Option<StripeApi>,
     /// Refunds this process is driving right now: a second driver here would only wait.
     driving: Mutex<HashSet<String>>,
-    /// The apps as this process last loaded them, each with the sequence of its last event;
-    /// used only when the key claim reports the app still at that sequence (`accept.rs`).
-    apps: Mutex<HashMap<String, Versioned<AppConnection>>>,
+    /// The apps as this process last loaded them; used only when the key claim reports the
+    /// app still at the same sequence (`accept.rs`).
+    apps: KnownStates<AppConnection>,
+    /// The charges' ledgers as this process's refunds last left them; likewise.
+    charges: KnownStates<ChargeLedger>,
 }
 
 /// How many apps `RefundService::apps` keeps before it starts again from empty (a platform
 /// serves a handful of apps; the bound only guards memory against a flood of unknown slugs,
 /// which are not kept anyway).
 const KNOWN_APPS: usize = 1024;
+/// How many charges' ledgers are kept: those being refunded now, with room to spare (a
+/// ledger of a few refunds is a few hundred bytes).
+const KNOWN_CHARGES: usize = 4096;
 
 impl RefundService {
     pub fn new(pool: PgPool, ledger: Arc<Ledger>, stripe: Option<StripeApi>) -> Arc<Self> {
@@ -66,7 +73,8 @@ impl RefundService {
             ledger,
             stripe,
             driving: Mutex::new(HashSet::new()),
-            apps: Mutex::new(HashMap::new()),
+            apps: KnownStates::new(KNOWN_APPS),
+            charges: KnownStates::new(KNOWN_CHARGES),
         })
     }
 
@@ -82,23 +90,11 @@ impl RefundService {
         slug: &str,
         sequence: Option<i64>,
     ) -> Result<AppConnection, RefundError> {
-        {
-            let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(app) = apps
-                .get(slug)
-                .filter(|app| Some(app.sequence as i64) == sequence)
-            {
-                return Ok(app.state.clone());
-            }
+        if let Some(app) = self.apps.at(slug, sequence) {
+            return Ok(app.state);
         }
         let loaded = self.ledger.apps.load_versioned(slug).await?;
-        if loaded.sequence > 0 {
-            let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-            if apps.len() >= KNOWN_APPS && !apps.contains_key(slug) {
-                apps.clear();
-            }
-            apps.insert(slug.to_owned(), loaded.clone());
-        }
+        self.apps.keep(slug, &loaded);
         Ok(loaded.state)
     }
 

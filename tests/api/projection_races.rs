@@ -231,3 +231,90 @@ async fn a_batch_whose_checkpoint_moved_under_it_is_rolled_back() {
         "from the moved checkpoint on"
     );
 }
+
+/// The refunds projection keeps the rows of its own committed batches and uses them only while
+/// the checkpoint stands where its last batch left it (docs/decisions/0028). Here two instances
+/// take turns: the second moves the refund on, and the first, applying the next batch, must
+/// read the rows again rather than use what it kept.
+#[tokio::test]
+async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
+    use connect_ledger::ledger::Ledger;
+    use ledger_aggregates::charge_ledger::{
+        ChargeFacts, ChargeLedgerCommand, NewRefund, RefundReason, RefundStatus, StripeRefundAnswer,
+    };
+    use ledger_aggregates::{EventMetadata, Source};
+    use ledger_projections::refunds::RefundsProjection;
+
+    let url = fresh_database().await;
+    let pool = PgPool::connect(&url).await.expect("connect");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    let instance = || {
+        let projection: Arc<dyn Projection> = Arc::new(RefundsProjection::live());
+        (
+            ProjectionRunner::new(pool.clone(), vec![Arc::clone(&projection)]),
+            projection,
+        )
+    };
+    let ((first, first_refunds), (second, second_refunds)) = (instance(), instance());
+    first.register().await.expect("register");
+    let ledger = Ledger::new(&pool, ProjectionRunner::new(pool.clone(), Vec::new()));
+    let meta = EventMetadata::new("test", Source::System, "t");
+    let request = |refund: &str, amount: i64| ChargeLedgerCommand::RequestRefund {
+        charge: ChargeFacts {
+            app: "shop".into(),
+            stripe_account_id: "acct_1".into(),
+            amount: 1000,
+            currency: "usd".into(),
+            amount_refunded: 0,
+            disputed: false,
+        },
+        refund: NewRefund {
+            refund_id: refund.into(),
+            idempotency_key: format!("refund:p:{refund}"),
+            purchase_id: "p".into(),
+            approval_id: refund.into(),
+            amount: Some(amount),
+            reason: RefundReason::default(),
+            requested_by: "test".into(),
+        },
+    };
+    let command = |command| ledger.charges.execute("ch_kept", command, &meta);
+
+    command(request("r1", 600)).await.expect("r1");
+    first.catch_up(first_refunds.as_ref()).await.expect("first");
+    command(ChargeLedgerCommand::RecordStripeAnswer {
+        refund_id: "r1".into(),
+        answer: StripeRefundAnswer {
+            stripe_refund_id: "re_1".into(),
+            status: RefundStatus::Succeeded,
+            failure_reason: None,
+        },
+    })
+    .await
+    .expect("answer");
+    second
+        .catch_up(second_refunds.as_ref())
+        .await
+        .expect("second");
+    command(request("r2", 300)).await.expect("r2");
+    first.catch_up(first_refunds.as_ref()).await.expect("first");
+
+    let (refunded, pending): (i64, i64) =
+        sqlx::query_as("SELECT refunded, pending FROM charges WHERE charge_id = 'ch_kept'")
+            .fetch_one(&pool)
+            .await
+            .expect("charge");
+    assert_eq!((refunded, pending), (600, 300), "r1 succeeded, r2 pending");
+    let statuses: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, status FROM refunds ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("refunds");
+    assert_eq!(
+        statuses,
+        [
+            ("r1".to_owned(), "succeeded".to_owned()),
+            ("r2".to_owned(), "requested".to_owned())
+        ]
+    );
+}
