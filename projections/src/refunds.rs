@@ -104,19 +104,76 @@ impl Projection for RefundsProjection {
         let ids = charge_ids(events);
         let mut touched = self.load(conn, &ids).await?;
         self.fold(&mut touched, events)?;
-        self.store(conn, &touched).await
+        self.store(conn, &touched, None).await?;
+        Ok(())
     }
 
-    /// Reads only the charges it does not know: those whose rows it kept at `from`, and those
-    /// whose first event ever is in this batch (a charge has rows only from its events), are
-    /// not read. A batch that turns out to start elsewhere than `from` is rolled back by the
-    /// checkpoint's compare-and-set, so the rows it was given could not be stale.
     async fn apply_from(
         &self,
         conn: &mut PgConnection,
         events: &[&StoredEvent],
         from: Checkpoint,
     ) -> Result<(), ProjectionError> {
+        let touched = self.prepare(conn, events, from).await?;
+        self.store(conn, &touched, None).await?;
+        self.keep_pending(events, from, &touched);
+        Ok(())
+    }
+
+    fn one_statement_batches(&self) -> bool {
+        true
+    }
+
+    /// The batch's rows and the checkpoint's move in one statement, outside any transaction
+    /// (docs/decisions/0029).
+    async fn apply_moving_checkpoint(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+        from: Checkpoint,
+        to: Checkpoint,
+    ) -> Result<bool, ProjectionError> {
+        let touched = self.prepare(conn, events, from).await?;
+        let moved = self.store(conn, &touched, Some((from, to))).await?;
+        if moved {
+            self.keep_pending(events, from, &touched);
+        }
+        Ok(moved)
+    }
+
+    fn committed(&self, from: Checkpoint, to: Checkpoint, applied: u64) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = kept.pending.take();
+        let still = kept.at == Some(from);
+        match pending {
+            // The rows of exactly this batch: the events between two checkpoints below a
+            // horizon never change.
+            Some((start, end, rows)) if applied > 0 && start == from && end == to => {
+                if !still || kept.charges.len() + rows.len() > KEPT_CHARGES {
+                    kept.charges.clear();
+                }
+                kept.charges.extend(rows);
+                kept.at = Some(to);
+            }
+            // A batch that moved the checkpoint past other types' events only.
+            _ if applied == 0 && still => kept.at = Some(to),
+            _ => *kept = Kept::default(),
+        }
+    }
+}
+
+impl RefundsProjection {
+    /// The rows of the batch's charges with its events folded in. Reads only the charges it
+    /// does not know: those whose rows it kept at `from`, and those whose first event ever is
+    /// in this batch (a charge has rows only from its events), are not read. A batch that
+    /// turns out to start elsewhere than `from` is undone or refused by the checkpoint's
+    /// compare-and-set, so the rows it was given could not be stale.
+    async fn prepare(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+        from: Checkpoint,
+    ) -> Result<Ledgers, ProjectionError> {
         let ids = charge_ids(events);
         let mut known: HashMap<String, ChargeRows> = {
             let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,34 +205,18 @@ impl Projection for RefundsProjection {
         };
         touched.add(known.into_values());
         self.fold(&mut touched, events)?;
-        self.store(conn, &touched).await?;
+        Ok(touched)
+    }
+
+    /// Holds the rows a batch wrote until the runner reports its commit (`committed`).
+    fn keep_pending(&self, events: &[&StoredEvent], from: Checkpoint, touched: &Ledgers) {
         let last = events.last().map(|last| Checkpoint {
             transaction_id: last.transaction_id,
             position: last.global_position,
         });
+        let rows = touched.by_charge(&charge_ids(events));
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        kept.pending = last.map(|last| (from, last, touched.by_charge(&ids)));
-        Ok(())
-    }
-
-    fn committed(&self, from: Checkpoint, to: Checkpoint, applied: u64) {
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = kept.pending.take();
-        let still = kept.at == Some(from);
-        match pending {
-            // The rows of exactly this batch: the events between two checkpoints below a
-            // horizon never change.
-            Some((start, end, rows)) if applied > 0 && start == from && end == to => {
-                if !still || kept.charges.len() + rows.len() > KEPT_CHARGES {
-                    kept.charges.clear();
-                }
-                kept.charges.extend(rows);
-                kept.at = Some(to);
-            }
-            // A batch that moved the checkpoint past other types' events only.
-            _ if applied == 0 && still => kept.at = Some(to),
-            _ => *kept = Kept::default(),
-        }
+        kept.pending = last.map(|last| (from, last, rows));
     }
 }
 
@@ -468,92 +509,150 @@ impl RefundsProjection {
         })
     }
 
-    /// Writes every changed row once, each table in one statement.
+    /// Writes every changed row once, all three tables in one statement. With `moving`, the
+    /// same statement moves the projection's checkpoint from its first to its second
+    /// checkpoint and writes only if it stood at the first (the compare-and-set of
+    /// `runner::move_checkpoint`); returns whether it wrote.
     async fn store(
         &self,
         conn: &mut PgConnection,
         ledgers: &Ledgers,
-    ) -> Result<(), ProjectionError> {
+        moving: Option<(Checkpoint, Checkpoint)>,
+    ) -> Result<bool, ProjectionError> {
         let (refunds, charges, external) = (&self.refunds, &self.charges, &self.external);
-        let changed = ledgers.charges.changed();
-        if !changed.is_empty() {
-            sqlx::query(&format!(
-                "INSERT INTO {charges} (charge_id, app, stripe_account_id, amount, currency, refunded, pending, \
-                   unanswered, stripe_refunded, disputed, updated_at) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], \
-                   $7::int8[], $8::int8[], $9::int8[], $10::bool[], $11::timestamptz[]) \
-                 ON CONFLICT (charge_id) DO UPDATE SET amount = EXCLUDED.amount, currency = EXCLUDED.currency, \
-                   refunded = EXCLUDED.refunded, pending = EXCLUDED.pending, unanswered = EXCLUDED.unanswered, \
-                   stripe_refunded = EXCLUDED.stripe_refunded, disputed = EXCLUDED.disputed, \
-                   updated_at = EXCLUDED.updated_at"
-            ))
-            .bind(changed.iter().map(|c| c.charge_id.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.app.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.stripe_account_id.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.amount).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.currency.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.refunded).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.pending).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.unanswered).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.stripe_refunded).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.disputed).collect::<Vec<_>>())
-            .bind(changed.iter().map(|c| c.updated_at).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+        let changed_charges = ledgers.charges.changed();
+        let changed_refunds = ledgers.refunds.changed();
+        let changed_external = ledgers.external.changed();
+        let nothing_changed =
+            changed_charges.is_empty() && changed_refunds.is_empty() && changed_external.is_empty();
+        if nothing_changed && moving.is_none() {
+            return Ok(true);
         }
-        let changed = ledgers.refunds.changed();
-        if !changed.is_empty() {
-            sqlx::query(&format!(
-                "INSERT INTO {refunds} (id, app, purchase_id, charge_id, approval_id, amount, currency, reason, status, \
-                   stripe_refund_id, failure_reason, failure_message, idempotency_key, requested_by, attempts, \
-                   last_submitted_at, created_at, updated_at, projected_at) \
-                 SELECT u.*, clock_timestamp() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                   $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-                   $14::text[], $15::int4[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[]) u \
-                 ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, stripe_refund_id = EXCLUDED.stripe_refund_id, \
-                   failure_reason = EXCLUDED.failure_reason, failure_message = EXCLUDED.failure_message, \
-                   attempts = EXCLUDED.attempts, last_submitted_at = EXCLUDED.last_submitted_at, \
-                   updated_at = EXCLUDED.updated_at, projected_at = EXCLUDED.projected_at"
-            ))
-            .bind(changed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.app.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.purchase_id.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.charge_id.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.approval_id.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.amount).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.stripe_refund_id.as_deref()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.failure_reason.as_deref()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.failure_message.as_deref()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.requested_by.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.attempts).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.last_submitted_at).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.created_at).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+        let (moved, guard) = match moving {
+            Some(_) => (
+                "moved AS (UPDATE projection_checkpoints SET last_transaction_id = $39::text::xid8, \
+                   last_position = $40, updated_at = now() \
+                   WHERE name = $36 AND last_transaction_id = $37::text::xid8 AND last_position = $38 \
+                   RETURNING 1), ",
+                "WHERE EXISTS (SELECT 1 FROM moved)",
+            ),
+            None => ("", ""),
+        };
+        let result = if moving.is_some() {
+            "SELECT EXISTS (SELECT 1 FROM moved), set_config('synchronous_commit', 'off', true) = 'off'"
+        } else {
+            "SELECT true, true"
+        };
+        let sql = format!(
+            "WITH {moved}\
+             charges_written AS ( \
+               INSERT INTO {charges} (charge_id, app, stripe_account_id, amount, currency, refunded, pending, \
+                 unanswered, stripe_refunded, disputed, updated_at) \
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], \
+                 $7::int8[], $8::int8[], $9::int8[], $10::bool[], $11::timestamptz[]) {guard} \
+               ON CONFLICT (charge_id) DO UPDATE SET amount = EXCLUDED.amount, currency = EXCLUDED.currency, \
+                 refunded = EXCLUDED.refunded, pending = EXCLUDED.pending, unanswered = EXCLUDED.unanswered, \
+                 stripe_refunded = EXCLUDED.stripe_refunded, disputed = EXCLUDED.disputed, \
+                 updated_at = EXCLUDED.updated_at), \
+             refunds_written AS ( \
+               INSERT INTO {refunds} (id, app, purchase_id, charge_id, approval_id, amount, currency, reason, status, \
+                 stripe_refund_id, failure_reason, failure_message, idempotency_key, requested_by, attempts, \
+                 last_submitted_at, created_at, updated_at, projected_at) \
+               SELECT u.*, clock_timestamp() FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], \
+                 $16::text[], $17::int8[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], \
+                 $23::text[], $24::text[], $25::text[], $26::int4[], $27::timestamptz[], $28::timestamptz[], \
+                 $29::timestamptz[]) u {guard} \
+               ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, stripe_refund_id = EXCLUDED.stripe_refund_id, \
+                 failure_reason = EXCLUDED.failure_reason, failure_message = EXCLUDED.failure_message, \
+                 attempts = EXCLUDED.attempts, last_submitted_at = EXCLUDED.last_submitted_at, \
+                 updated_at = EXCLUDED.updated_at, projected_at = EXCLUDED.projected_at), \
+             external_written AS ( \
+               INSERT INTO {external} (stripe_refund_id, charge_id, amount, status, failure_reason, updated_at) \
+               SELECT * FROM UNNEST($30::text[], $31::text[], $32::int8[], $33::text[], $34::text[], \
+                 $35::timestamptz[]) {guard} \
+               ON CONFLICT (stripe_refund_id) DO UPDATE SET amount = EXCLUDED.amount, status = EXCLUDED.status, \
+                 failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at) \
+             {result}"
+        );
+        let (c, r, e) = (&changed_charges, &changed_refunds, &changed_external);
+        let mut query = sqlx::query_as::<_, (bool, bool)>(&sql)
+            .bind(c.iter().map(|c| c.charge_id.as_str()).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.app.as_str()).collect::<Vec<_>>())
+            .bind(
+                c.iter()
+                    .map(|c| c.stripe_account_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(c.iter().map(|c| c.amount).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.currency.as_str()).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.refunded).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.pending).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.unanswered).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.stripe_refunded).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.disputed).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.updated_at).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.app.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.purchase_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.charge_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.approval_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.amount).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+            .bind(
+                r.iter()
+                    .map(|r| r.stripe_refund_id.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                r.iter()
+                    .map(|r| r.failure_reason.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                r.iter()
+                    .map(|r| r.failure_message.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                r.iter()
+                    .map(|r| r.idempotency_key.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                r.iter()
+                    .map(|r| r.requested_by.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(r.iter().map(|r| r.attempts).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.last_submitted_at).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.created_at).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| r.stripe_refund_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.charge_id.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.amount).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| r.failure_reason.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.updated_at).collect::<Vec<_>>());
+        if let Some((from, to)) = moving {
+            query = query
+                .bind(&self.name)
+                .bind(from.transaction_id.to_string())
+                .bind(from.position)
+                .bind(to.transaction_id.to_string())
+                .bind(to.position);
         }
-        let changed = ledgers.external.changed();
-        if !changed.is_empty() {
-            sqlx::query(&format!(
-                "INSERT INTO {external} (stripe_refund_id, charge_id, amount, status, failure_reason, updated_at) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::timestamptz[]) \
-                 ON CONFLICT (stripe_refund_id) DO UPDATE SET amount = EXCLUDED.amount, status = EXCLUDED.status, \
-                   failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at"
-            ))
-            .bind(changed.iter().map(|r| r.stripe_refund_id.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.charge_id.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.amount).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.failure_reason.as_deref()).collect::<Vec<_>>())
-            .bind(changed.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(())
+        let (wrote, _) = query.fetch_one(&mut *conn).await?;
+        Ok(wrote)
     }
 }
 

@@ -92,6 +92,31 @@ pub trait Projection: Send + Sync + 'static {
     /// Told after the commit of a live batch that applied `applied` events and moved the
     /// checkpoint from `from` to `to`.
     fn committed(&self, _from: Checkpoint, _to: Checkpoint, _applied: u64) {}
+    /// Whether the live runner applies this projection's batches with
+    /// [`Self::apply_moving_checkpoint`], outside any transaction (docs/decisions/0029).
+    fn one_statement_batches(&self) -> bool {
+        false
+    }
+    /// Applies a live batch and moves the checkpoint from `from` to `to` atomically, without
+    /// the runner's transaction: false, with nothing written, when the checkpoint no longer
+    /// stands at `from`. This default does it in a transaction of its own; a projection that
+    /// answers `one_statement_batches` does it in one statement.
+    async fn apply_moving_checkpoint(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+        from: Checkpoint,
+        to: Checkpoint,
+    ) -> Result<bool, ProjectionError> {
+        use sqlx::Connection;
+        let mut tx = conn.begin().await?;
+        self.apply_from(&mut tx, events, from).await?;
+        if !move_checkpoint(&mut tx, self.name(), from, to).await? {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
 }
 
 /// A place in the global order: events at or before it have been applied.
@@ -257,14 +282,35 @@ impl ProjectionRunner {
         let mut applied = 0;
         let lane = self.lanes.get(projection.name());
         loop {
-            let mut tx = self.pool.begin().await?;
             let idle_advance = lane.is_none_or(Lane::take_idle_advance);
-            let Some((n, from, reached)) =
-                apply_batch(&mut tx, projection, true, idle_advance, self.batch_size).await?
-            else {
+            let batch = if projection.one_statement_batches() {
+                let mut conn = self.pool.acquire().await?;
+                apply_batch(
+                    &mut conn,
+                    projection,
+                    Batch::OneStatement,
+                    idle_advance,
+                    self.batch_size,
+                )
+                .await?
+            } else {
+                let mut tx = self.pool.begin().await?;
+                let batch = apply_batch(
+                    &mut tx,
+                    projection,
+                    Batch::SkipLocked,
+                    idle_advance,
+                    self.batch_size,
+                )
+                .await?;
+                if batch.is_some() {
+                    tx.commit().await?;
+                }
+                batch
+            };
+            let Some((n, from, reached)) = batch else {
                 return Ok(CatchUp::Busy);
             };
-            tx.commit().await?;
             projection.committed(from, reached, n);
             if let Some(lane) = lane {
                 lane.reached(reached);
@@ -288,7 +334,7 @@ impl ProjectionRunner {
     ) -> Result<u64, ProjectionError> {
         let mut applied = 0;
         loop {
-            let n = apply_batch(conn, projection, false, true, self.batch_size)
+            let n = apply_batch(conn, projection, Batch::Blocking, true, self.batch_size)
                 .await?
                 .map_or(0, |(n, _, _)| n);
             applied += n;
@@ -514,14 +560,29 @@ pub async fn lock_projection(
     }
 }
 
-/// One batch inside `conn`'s transaction: how many events it applied and the checkpoint the
-/// projection stands at after it, or `None` when another runner holds the projection. With
-/// `idle_advance`, a batch that finds none of its types' events moves the checkpoint past the
-/// others' (a write); without, it writes nothing.
+/// How a batch holds its projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    /// Inside the caller's transaction, under the projection's lock, tried: `None` when another
+    /// runner holds it.
+    SkipLocked,
+    /// Inside the caller's transaction, waiting for the projection's lock (a rebuild's swap).
+    Blocking,
+    /// Outside any transaction (`Projection::apply_moving_checkpoint`): the read statement
+    /// still tries the lock, only to leave a projection someone holds alone, and the
+    /// checkpoint's compare-and-set, in the write, is what keeps the batch exactly-once.
+    OneStatement,
+}
+
+/// One batch: how many events it applied, the checkpoint it started from and the one the
+/// projection stands at after it, or `None` when another runner holds the projection (or, for
+/// a one-statement batch, moved it meanwhile). With `idle_advance`, a batch that finds none of
+/// its types' events moves the checkpoint past the others' (a write); without, it writes
+/// nothing. Transactional batches leave the commit to the caller.
 async fn apply_batch(
     conn: &mut PgConnection,
     projection: &dyn Projection,
-    skip_locked: bool,
+    batch: Batch,
     idle_advance: bool,
     batch_size: i64,
 ) -> Result<Option<(u64, Checkpoint, Checkpoint)>, ProjectionError> {
@@ -530,7 +591,7 @@ async fn apply_batch(
         .iter()
         .map(|t| (*t).to_owned())
         .collect();
-    let (horizon, checkpoint, read) = if skip_locked {
+    let (horizon, checkpoint, read) = if batch != Batch::Blocking {
         match first_statement(&mut *conn, projection.name(), &types, batch_size).await? {
             Some((horizon, checkpoint, events)) => (horizon, checkpoint, Some(events)),
             None => return Ok(None),
@@ -586,15 +647,25 @@ async fn apply_batch(
     let Some(next) = next.filter(|next| *next > current) else {
         return Ok(Some((0, current, current)));
     };
-    if !events.is_empty() {
-        let events: Vec<&StoredEvent> = events.iter().collect();
-        projection.apply_from(&mut *conn, &events, current).await?;
-    }
-    if !move_checkpoint(&mut *conn, projection.name(), current, next).await? {
+    let events: Vec<&StoredEvent> = events.iter().collect();
+    let moved = match (batch, events.is_empty()) {
+        (Batch::OneStatement, false) => {
+            projection
+                .apply_moving_checkpoint(&mut *conn, &events, current, next)
+                .await?
+        }
+        (_, empty) => {
+            if !empty {
+                projection.apply_from(&mut *conn, &events, current).await?;
+            }
+            move_checkpoint(&mut *conn, projection.name(), current, next).await?
+        }
+    };
+    if !moved {
         // Another runner moved it since this batch read it (before the lock was taken): what it
         // applied, this batch applied again. Rolled back by the caller: as busy when the
         // checkpoint was read before the lock, as an error when after it.
-        if skip_locked {
+        if batch != Batch::Blocking {
             return Ok(None);
         }
         return Err(ProjectionError::CheckpointMoved(

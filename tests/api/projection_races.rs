@@ -318,3 +318,114 @@ async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
         ]
     );
 }
+
+/// The `refunds` projection writes a live batch in one statement outside any transaction, with
+/// the checkpoint's compare-and-set in it (docs/decisions/0029): a batch read at a checkpoint
+/// that has moved since writes nothing.
+#[tokio::test]
+async fn a_one_statement_batch_from_a_moved_checkpoint_writes_nothing() {
+    use connect_ledger::ledger::Ledger;
+    use ledger_aggregates::charge_ledger::{
+        ChargeFacts, ChargeLedgerCommand, NewRefund, RefundReason,
+    };
+    use ledger_aggregates::{EventMetadata, Source};
+    use ledger_projections::refunds::RefundsProjection;
+    use ledger_projections::stored_event::STORED_EVENT_COLUMNS;
+    use ledger_projections::Checkpoint;
+
+    let url = fresh_database().await;
+    let pool = PgPool::connect(&url).await.expect("connect");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    let projection: Arc<dyn Projection> = Arc::new(RefundsProjection::live());
+    assert!(projection.one_statement_batches());
+    let runner = ProjectionRunner::new(pool.clone(), vec![Arc::clone(&projection)]);
+    runner.register().await.expect("register");
+    let ledger = Ledger::new(&pool, ProjectionRunner::new(pool.clone(), Vec::new()));
+    let meta = EventMetadata::new("test", Source::System, "t");
+    let request = |refund: &str| ChargeLedgerCommand::RequestRefund {
+        charge: ChargeFacts {
+            app: "shop".into(),
+            stripe_account_id: "acct_1".into(),
+            amount: 1000,
+            currency: "usd".into(),
+            amount_refunded: 0,
+            disputed: false,
+        },
+        refund: NewRefund {
+            refund_id: refund.into(),
+            idempotency_key: format!("refund:p:{refund}"),
+            purchase_id: "p".into(),
+            approval_id: refund.into(),
+            amount: Some(100),
+            reason: RefundReason::default(),
+            requested_by: "test".into(),
+        },
+    };
+    ledger
+        .charges
+        .execute("ch_moved", request("r1"), &meta)
+        .await
+        .expect("r1");
+    runner
+        .catch_up(projection.as_ref())
+        .await
+        .expect("catch up");
+    let at = runner
+        .checkpoint(projection.name())
+        .await
+        .expect("checkpoint");
+    ledger
+        .charges
+        .execute("ch_moved", request("r2"), &meta)
+        .await
+        .expect("r2");
+    let events: Vec<StoredEvent> = sqlx::query_as(&format!(
+        "SELECT {STORED_EVENT_COLUMNS} FROM events WHERE aggregate_id = 'ch_moved' AND sequence > 2 \
+         ORDER BY global_position"
+    ))
+    .fetch_all(&pool)
+    .await
+    .expect("events");
+    let events: Vec<&StoredEvent> = events.iter().collect();
+    let last = events.last().expect("r2's event");
+    let to = Checkpoint {
+        transaction_id: last.transaction_id,
+        position: last.global_position,
+    };
+    let refunds = || async {
+        sqlx::query_scalar::<_, String>("SELECT id FROM refunds ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("refunds")
+    };
+
+    let mut conn = pool.acquire().await.expect("connection");
+    let stale = Checkpoint::default();
+    let moved = projection
+        .apply_moving_checkpoint(&mut conn, &events, stale, to)
+        .await
+        .expect("stale batch");
+    assert!(!moved, "the checkpoint is not where the batch was read");
+    assert_eq!(refunds().await, ["r1"], "nothing written");
+    assert_eq!(
+        runner
+            .checkpoint(projection.name())
+            .await
+            .expect("checkpoint"),
+        at
+    );
+
+    let moved = projection
+        .apply_moving_checkpoint(&mut conn, &events, at, to)
+        .await
+        .expect("batch");
+    assert!(moved);
+    assert_eq!(refunds().await, ["r1", "r2"]);
+    assert_eq!(
+        runner
+            .checkpoint(projection.name())
+            .await
+            .expect("checkpoint"),
+        to
+    );
+}
