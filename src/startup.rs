@@ -24,9 +24,14 @@ use crate::{db, http};
 
 /// The projections this build maintains.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
+    projections_with(Arc::new(RefundsProjection::live()))
+}
+
+/// [`projections`], with the given `refunds` projection (the service also answers from it).
+fn projections_with(refunds: Arc<RefundsProjection>) -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(AppsProjection::live()),
-        Arc::new(RefundsProjection::live()),
+        refunds,
         Arc::new(AuditProjection::live()),
     ]
 }
@@ -84,7 +89,9 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let bound = listener.local_addr()?;
-        let runner = ProjectionRunner::new(pool.clone(), projections());
+        let refund_rows = Arc::new(RefundsProjection::live());
+        let runner =
+            ProjectionRunner::new(pool.clone(), projections_with(Arc::clone(&refund_rows)));
         runner.register().await?;
         let oauth = match (&config.stripe.secret_key, &config.stripe.connect_client_id) {
             (Some(key), Some(client_id)) => Some(ConnectOAuth::new(
@@ -113,6 +120,7 @@ impl Application {
             pool: pool.clone(),
             ledger,
             refunds: Arc::clone(&refunds),
+            refund_rows,
             oauth,
             public_base: config.public_base(bound),
             stripe,

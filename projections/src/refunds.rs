@@ -163,6 +163,39 @@ impl Projection for RefundsProjection {
 }
 
 impl RefundsProjection {
+    /// The refund as the table holds it, from the rows this process's committed batches kept,
+    /// when they stand at or past `applied` (the events the caller needs to see); `None` when
+    /// they do not, or do not hold the refund's charge.
+    pub fn kept_refund(&self, charge_id: &str, id: &str, applied: Checkpoint) -> Option<RefundRow> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.at? < applied {
+            return None;
+        }
+        let refund = kept
+            .charges
+            .get(charge_id)?
+            .refunds
+            .iter()
+            .find(|r| r.id == id)?;
+        Some(RefundRow {
+            id: refund.id.clone(),
+            app: refund.app.clone(),
+            purchase_id: refund.purchase_id.clone(),
+            charge_id: refund.charge_id.clone(),
+            approval_id: refund.approval_id.clone(),
+            amount: refund.amount,
+            currency: refund.currency.clone(),
+            reason: refund.reason.clone(),
+            status: refund.status.clone(),
+            stripe_refund_id: refund.stripe_refund_id.clone(),
+            failure_reason: refund.failure_reason.clone(),
+            idempotency_key: refund.idempotency_key.clone(),
+            requested_by: refund.requested_by.clone(),
+            created_at: refund.created_at,
+            updated_at: refund.updated_at,
+        })
+    }
+
     /// The rows of the batch's charges with its events folded in. Reads only the charges it
     /// does not know: those whose rows it kept at `from`, and those whose first event ever is
     /// in this batch (a charge has rows only from its events), are not read. A batch that

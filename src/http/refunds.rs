@@ -186,6 +186,16 @@ async fn refund_view(
     app: &str,
 ) -> Result<RefundRow, ApiError> {
     if state.ledger.settle(CHARGE_LEDGER, charge_id).await {
+        // The rows the projection's last batch wrote, when they include this request's events;
+        // otherwise the table.
+        let kept = crate::writes::appended(CHARGE_LEDGER, charge_id).and_then(|written| {
+            state
+                .refund_rows
+                .kept_refund(charge_id, &refund.refund_id, written)
+        });
+        if let Some(row) = kept {
+            return Ok(row);
+        }
         if let Some(row) = find_refund(&state.pool, &refund.refund_id).await? {
             return Ok(row);
         }

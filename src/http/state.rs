@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use ledger_projections::refunds::RefundsProjection;
 use sqlx::PgPool;
 use url::Url;
 
@@ -17,6 +18,9 @@ pub struct Services {
     pub pool: PgPool,
     pub ledger: Arc<Ledger>,
     pub refunds: Arc<RefundService>,
+    /// The live `refunds` projection: a refund's answer is read from the rows its last batch
+    /// kept, when they include the refund's events.
+    pub refund_rows: Arc<RefundsProjection>,
     /// Absent when STRIPE_SECRET_KEY or STRIPE_CONNECT_CLIENT_ID is not configured.
     pub oauth: Option<ConnectOAuth>,
     /// Base of the OAuth redirect_uri.

@@ -232,6 +232,31 @@ async fn a_batch_whose_checkpoint_moved_under_it_is_rolled_back() {
     );
 }
 
+/// Catches `projection` up with every event written so far. The horizon is the oldest open
+/// transaction of the whole server, so a test running beside others may need a few tries.
+async fn caught_up(
+    pool: &PgPool,
+    runner: &ProjectionRunner,
+    projection: &dyn Projection,
+) -> ledger_projections::Checkpoint {
+    let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("last event");
+    for _ in 0..500 {
+        runner.catch_up(projection).await.expect("catch up");
+        let at = runner
+            .checkpoint(projection.name())
+            .await
+            .expect("checkpoint");
+        if at.position >= last {
+            return at;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} did not catch up with event {last}", projection.name());
+}
+
 /// The refunds projection keeps the rows of its own committed batches and uses them only while
 /// the checkpoint stands where its last batch left it (docs/decisions/0028). Here two instances
 /// take turns: the second moves the refund on, and the first, applying the next batch, must
@@ -249,9 +274,9 @@ async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
     let pool = PgPool::connect(&url).await.expect("connect");
     connect_ledger::db::migrate(&pool).await.expect("migrate");
     let instance = || {
-        let projection: Arc<dyn Projection> = Arc::new(RefundsProjection::live());
+        let projection = Arc::new(RefundsProjection::live());
         (
-            ProjectionRunner::new(pool.clone(), vec![Arc::clone(&projection)]),
+            ProjectionRunner::new(pool.clone(), vec![projection.clone()]),
             projection,
         )
     };
@@ -281,7 +306,7 @@ async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
     let command = |command| ledger.charges.execute("ch_kept", command, &meta);
 
     command(request("r1", 600)).await.expect("r1");
-    first.catch_up(first_refunds.as_ref()).await.expect("first");
+    caught_up(&pool, &first, first_refunds.as_ref()).await;
     command(ChargeLedgerCommand::RecordStripeAnswer {
         refund_id: "r1".into(),
         answer: StripeRefundAnswer {
@@ -292,12 +317,19 @@ async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
     })
     .await
     .expect("answer");
-    second
-        .catch_up(second_refunds.as_ref())
-        .await
-        .expect("second");
+    let answered = caught_up(&pool, &second, second_refunds.as_ref()).await;
+    // What the first instance kept is no answer for a request that needs the second's batch.
+    assert_eq!(
+        first_refunds.kept_refund("ch_kept", "r1", answered),
+        None,
+        "kept before the answer"
+    );
+    let kept = second_refunds
+        .kept_refund("ch_kept", "r1", answered)
+        .expect("the second instance's rows");
+    assert_eq!(kept.status, "succeeded");
     command(request("r2", 300)).await.expect("r2");
-    first.catch_up(first_refunds.as_ref()).await.expect("first");
+    caught_up(&pool, &first, first_refunds.as_ref()).await;
 
     let (refunded, pending): (i64, i64) =
         sqlx::query_as("SELECT refunded, pending FROM charges WHERE charge_id = 'ch_kept'")
@@ -366,14 +398,7 @@ async fn a_one_statement_batch_from_a_moved_checkpoint_writes_nothing() {
         .execute("ch_moved", request("r1"), &meta)
         .await
         .expect("r1");
-    runner
-        .catch_up(projection.as_ref())
-        .await
-        .expect("catch up");
-    let at = runner
-        .checkpoint(projection.name())
-        .await
-        .expect("checkpoint");
+    let at = caught_up(&pool, &runner, projection.as_ref()).await;
     ledger
         .charges
         .execute("ch_moved", request("r2"), &meta)
