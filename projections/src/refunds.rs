@@ -253,6 +253,11 @@ impl RefundsProjection {
     }
 }
 
+/// One column of `rows`, as an array parameter for `UNNEST`.
+fn column<'r, R, T>(rows: &[&'r R], value: impl Fn(&'r R) -> T) -> Vec<T> {
+    rows.iter().map(|row| value(row)).collect()
+}
+
 /// The charges of a batch, each once, in the order of their first event.
 fn charge_ids<'a>(events: &[&'a StoredEvent]) -> Vec<&'a str> {
     let mut seen = HashSet::new();
@@ -609,73 +614,41 @@ impl RefundsProjection {
         );
         let (c, r, e) = (&changed_charges, &changed_refunds, &changed_external);
         let mut query = sqlx::query_as::<_, (bool, bool)>(&sql)
-            .bind(c.iter().map(|c| c.charge_id.as_str()).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.app.as_str()).collect::<Vec<_>>())
-            .bind(
-                c.iter()
-                    .map(|c| c.stripe_account_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(c.iter().map(|c| c.amount).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.currency.as_str()).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.refunded).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.pending).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.unanswered).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.stripe_refunded).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.disputed).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.updated_at).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.app.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.purchase_id.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.charge_id.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.approval_id.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.amount).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-            .bind(
-                r.iter()
-                    .map(|r| r.stripe_refund_id.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                r.iter()
-                    .map(|r| r.failure_reason.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                r.iter()
-                    .map(|r| r.failure_message.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                r.iter()
-                    .map(|r| r.idempotency_key.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                r.iter()
-                    .map(|r| r.requested_by.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(r.iter().map(|r| r.attempts).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.last_submitted_at).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.created_at).collect::<Vec<_>>())
-            .bind(r.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-            .bind(
-                e.iter()
-                    .map(|r| r.stripe_refund_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(e.iter().map(|r| r.charge_id.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.amount).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-            .bind(
-                e.iter()
-                    .map(|r| r.failure_reason.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(e.iter().map(|r| r.updated_at).collect::<Vec<_>>());
+            .bind(column(c, |c| c.charge_id.as_str()))
+            .bind(column(c, |c| c.app.as_str()))
+            .bind(column(c, |c| c.stripe_account_id.as_str()))
+            .bind(column(c, |c| c.amount))
+            .bind(column(c, |c| c.currency.as_str()))
+            .bind(column(c, |c| c.refunded))
+            .bind(column(c, |c| c.pending))
+            .bind(column(c, |c| c.unanswered))
+            .bind(column(c, |c| c.stripe_refunded))
+            .bind(column(c, |c| c.disputed))
+            .bind(column(c, |c| c.updated_at))
+            .bind(column(r, |r| r.id.as_str()))
+            .bind(column(r, |r| r.app.as_str()))
+            .bind(column(r, |r| r.purchase_id.as_str()))
+            .bind(column(r, |r| r.charge_id.as_str()))
+            .bind(column(r, |r| r.approval_id.as_str()))
+            .bind(column(r, |r| r.amount))
+            .bind(column(r, |r| r.currency.as_str()))
+            .bind(column(r, |r| r.reason.as_str()))
+            .bind(column(r, |r| r.status.as_str()))
+            .bind(column(r, |r| r.stripe_refund_id.as_deref()))
+            .bind(column(r, |r| r.failure_reason.as_deref()))
+            .bind(column(r, |r| r.failure_message.as_deref()))
+            .bind(column(r, |r| r.idempotency_key.as_str()))
+            .bind(column(r, |r| r.requested_by.as_str()))
+            .bind(column(r, |r| r.attempts))
+            .bind(column(r, |r| r.last_submitted_at))
+            .bind(column(r, |r| r.created_at))
+            .bind(column(r, |r| r.updated_at))
+            .bind(column(e, |r| r.stripe_refund_id.as_str()))
+            .bind(column(e, |r| r.charge_id.as_str()))
+            .bind(column(e, |r| r.amount))
+            .bind(column(e, |r| r.status.as_str()))
+            .bind(column(e, |r| r.failure_reason.as_deref()))
+            .bind(column(e, |r| r.updated_at));
         if let Some((from, to)) = moving {
             query = query
                 .bind(&self.name)

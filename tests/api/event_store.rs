@@ -117,47 +117,33 @@ async fn an_append_reports_the_place_of_its_last_event_to_the_request() {
 #[tokio::test]
 async fn a_command_on_a_stale_known_state_is_decided_again_on_fresh_state() {
     use connect_ledger::ledger::LedgerError;
-    use ledger_aggregates::charge_ledger::{
-        ChargeFacts, ChargeLedgerCommand, NewRefund, RefundReason,
-    };
     use ledger_aggregates::{EventMetadata, Source};
+
+    use crate::helpers::request_refund;
 
     let app = crate::helpers::spawn_app().await;
     let ledger = app.ledger();
     let meta = EventMetadata::new("test", Source::System, "t");
-    let request = |refund: &str, amount: i64| ChargeLedgerCommand::RequestRefund {
-        charge: ChargeFacts {
-            app: "shop".into(),
-            stripe_account_id: "acct_1".into(),
-            amount: 1000,
-            currency: "usd".into(),
-            amount_refunded: 0,
-            disputed: false,
-        },
-        refund: NewRefund {
-            refund_id: refund.into(),
-            idempotency_key: format!("refund:p:{refund}"),
-            purchase_id: "p".into(),
-            approval_id: refund.into(),
-            amount: Some(amount),
-            reason: RefundReason::default(),
-            requested_by: "test".into(),
-        },
-    };
     let known = ledger
         .charges
-        .execute_versioned("ch_stale", None, request("r1", 600), |_| None, &meta)
+        .execute_versioned("ch_stale", None, request_refund("r1", 600), |_| None, &meta)
         .await
         .expect("first refund");
     assert_eq!(known.sequence, 2, "charge observed, refund requested");
     ledger
         .charges
-        .execute("ch_stale", request("r2", 300), &meta)
+        .execute("ch_stale", request_refund("r2", 300), &meta)
         .await
         .expect("another writer");
     let stale = ledger
         .charges
-        .execute_versioned("ch_stale", Some(known), request("r3", 200), |_| None, &meta)
+        .execute_versioned(
+            "ch_stale",
+            Some(known),
+            request_refund("r3", 200),
+            |_| None,
+            &meta,
+        )
         .await;
     assert!(
         matches!(stale, Err(LedgerError::Domain(_))),
@@ -171,7 +157,13 @@ async fn a_command_on_a_stale_known_state_is_decided_again_on_fresh_state() {
     };
     let assumed_empty = ledger
         .charges
-        .execute_versioned("ch_stale", Some(empty), request("r4", 200), |_| None, &meta)
+        .execute_versioned(
+            "ch_stale",
+            Some(empty),
+            request_refund("r4", 200),
+            |_| None,
+            &meta,
+        )
         .await;
     assert!(
         matches!(assumed_empty, Err(LedgerError::Domain(_))),

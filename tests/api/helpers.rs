@@ -286,3 +286,33 @@ pub async fn error_code(response: Response) -> String {
         .expect("error.code")
         .to_owned()
 }
+
+/// A refund of `amount` asked on a charge of 1,000 (app `shop`, account `acct_1`), for tests
+/// that drive the charge ledger's command bus directly.
+pub fn request_refund(
+    refund: &str,
+    amount: i64,
+) -> ledger_aggregates::charge_ledger::ChargeLedgerCommand {
+    use ledger_aggregates::charge_ledger::{
+        ChargeFacts, ChargeLedgerCommand, NewRefund, RefundReason,
+    };
+    ChargeLedgerCommand::RequestRefund {
+        charge: ChargeFacts {
+            app: "shop".into(),
+            stripe_account_id: "acct_1".into(),
+            amount: 1000,
+            currency: "usd".into(),
+            amount_refunded: 0,
+            disputed: false,
+        },
+        refund: NewRefund {
+            refund_id: refund.into(),
+            idempotency_key: format!("refund:p:{refund}"),
+            purchase_id: "p".into(),
+            approval_id: refund.into(),
+            amount: Some(amount),
+            reason: RefundReason::default(),
+            requested_by: "test".into(),
+        },
+    }
+}

@@ -11,7 +11,7 @@ use ledger_projections::{Projection, ProjectionError, ProjectionRunner, StoredEv
 use rand::Rng;
 use sqlx::{PgConnection, PgPool};
 
-use crate::helpers::fresh_database;
+use crate::helpers::{fresh_database, request_refund};
 
 /// Records each applied position; the primary key makes a second application fail loudly.
 /// With an `overtaker`, the first time it applies a batch another runner (here: another
@@ -264,9 +264,7 @@ async fn caught_up(
 #[tokio::test]
 async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
     use connect_ledger::ledger::Ledger;
-    use ledger_aggregates::charge_ledger::{
-        ChargeFacts, ChargeLedgerCommand, NewRefund, RefundReason, RefundStatus, StripeRefundAnswer,
-    };
+    use ledger_aggregates::charge_ledger::{ChargeLedgerCommand, RefundStatus, StripeRefundAnswer};
     use ledger_aggregates::{EventMetadata, Source};
     use ledger_projections::refunds::RefundsProjection;
 
@@ -284,28 +282,9 @@ async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
     first.register().await.expect("register");
     let ledger = Ledger::new(&pool, ProjectionRunner::new(pool.clone(), Vec::new()));
     let meta = EventMetadata::new("test", Source::System, "t");
-    let request = |refund: &str, amount: i64| ChargeLedgerCommand::RequestRefund {
-        charge: ChargeFacts {
-            app: "shop".into(),
-            stripe_account_id: "acct_1".into(),
-            amount: 1000,
-            currency: "usd".into(),
-            amount_refunded: 0,
-            disputed: false,
-        },
-        refund: NewRefund {
-            refund_id: refund.into(),
-            idempotency_key: format!("refund:p:{refund}"),
-            purchase_id: "p".into(),
-            approval_id: refund.into(),
-            amount: Some(amount),
-            reason: RefundReason::default(),
-            requested_by: "test".into(),
-        },
-    };
     let command = |command| ledger.charges.execute("ch_kept", command, &meta);
 
-    command(request("r1", 600)).await.expect("r1");
+    command(request_refund("r1", 600)).await.expect("r1");
     caught_up(&pool, &first, first_refunds.as_ref()).await;
     command(ChargeLedgerCommand::RecordStripeAnswer {
         refund_id: "r1".into(),
@@ -328,7 +307,7 @@ async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
         .kept_refund("ch_kept", "r1", answered)
         .expect("the second instance's rows");
     assert_eq!(kept.status, "succeeded");
-    command(request("r2", 300)).await.expect("r2");
+    command(request_refund("r2", 300)).await.expect("r2");
     caught_up(&pool, &first, first_refunds.as_ref()).await;
 
     let (refunded, pending): (i64, i64) =
@@ -357,9 +336,6 @@ async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
 #[tokio::test]
 async fn a_one_statement_batch_from_a_moved_checkpoint_writes_nothing() {
     use connect_ledger::ledger::Ledger;
-    use ledger_aggregates::charge_ledger::{
-        ChargeFacts, ChargeLedgerCommand, NewRefund, RefundReason,
-    };
     use ledger_aggregates::{EventMetadata, Source};
     use ledger_projections::refunds::RefundsProjection;
     use ledger_projections::stored_event::STORED_EVENT_COLUMNS;
@@ -374,34 +350,15 @@ async fn a_one_statement_batch_from_a_moved_checkpoint_writes_nothing() {
     runner.register().await.expect("register");
     let ledger = Ledger::new(&pool, ProjectionRunner::new(pool.clone(), Vec::new()));
     let meta = EventMetadata::new("test", Source::System, "t");
-    let request = |refund: &str| ChargeLedgerCommand::RequestRefund {
-        charge: ChargeFacts {
-            app: "shop".into(),
-            stripe_account_id: "acct_1".into(),
-            amount: 1000,
-            currency: "usd".into(),
-            amount_refunded: 0,
-            disputed: false,
-        },
-        refund: NewRefund {
-            refund_id: refund.into(),
-            idempotency_key: format!("refund:p:{refund}"),
-            purchase_id: "p".into(),
-            approval_id: refund.into(),
-            amount: Some(100),
-            reason: RefundReason::default(),
-            requested_by: "test".into(),
-        },
-    };
     ledger
         .charges
-        .execute("ch_moved", request("r1"), &meta)
+        .execute("ch_moved", request_refund("r1", 100), &meta)
         .await
         .expect("r1");
     let at = caught_up(&pool, &runner, projection.as_ref()).await;
     ledger
         .charges
-        .execute("ch_moved", request("r2"), &meta)
+        .execute("ch_moved", request_refund("r2", 100), &meta)
         .await
         .expect("r2");
     let events: Vec<StoredEvent> = sqlx::query_as(&format!(
