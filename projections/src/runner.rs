@@ -16,6 +16,11 @@
 //! busy. The checkpoint is read in the same statement as the lock, so in a snapshot taken just
 //! before it; the batch therefore moves the checkpoint only from where it read it (a
 //! compare-and-set), and a batch that finds it moved is rolled back (docs/decisions/0026).
+//!
+//! A projection that answers `one_statement_batches` (`refunds`) has no transaction around its
+//! live batch: its one write statement moves the checkpoint by the same compare-and-set and
+//! writes its rows only if that moved it, and the lock is only tried in the read
+//! (docs/decisions/0029).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -662,8 +667,9 @@ async fn apply_batch(
         }
     };
     if !moved {
-        // Another runner moved it since this batch read it (before the lock was taken): what it
-        // applied, this batch applied again. Rolled back by the caller: as busy when the
+        // Another runner moved it since this batch read it (before the lock was taken, or, for a
+        // one-statement batch, before the write): what it applied, this batch applied again.
+        // Rolled back by the caller (a one-statement batch wrote nothing): as busy when the
         // checkpoint was read before the lock, as an error when after it.
         if batch != Batch::Blocking {
             return Ok(None);
