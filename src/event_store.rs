@@ -48,16 +48,17 @@ impl EventRepository {
         }
         // In array order, so that global positions follow the sequence (as postgres-es's
         // one-by-one inserts do); jsonb then json, as postgres-es binds its values. The place of
-        // the last event comes back for the request's read-your-writes wait (`crate::writes`).
-        let (transaction_id, position): (i64, i64) = sqlx::query_as(
+        // the last event and the time the append was recorded (one transaction: one time) come
+        // back for the request's answer (`crate::writes`).
+        let (transaction_id, position, recorded_at): (i64, i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
             "WITH appended AS ( \
                INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
                SELECT $1, e.id, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json \
                FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
                  WITH ORDINALITY AS e(id, sequence, event_type, event_version, payload, metadata, n) \
                ORDER BY e.n \
-               RETURNING transaction_id, global_position) \
-             SELECT max(transaction_id::text::bigint), max(global_position) FROM appended",
+               RETURNING transaction_id, global_position, recorded_at) \
+             SELECT max(transaction_id::text::bigint), max(global_position), max(recorded_at) FROM appended",
         )
         .bind(A::TYPE)
         .bind(&ids)
@@ -75,6 +76,7 @@ impl EventRepository {
                 transaction_id,
                 position,
             },
+            recorded_at,
         );
         Ok(())
     }

@@ -81,6 +81,20 @@ fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
 pub struct Versioned<A> {
     pub state: A,
     pub sequence: usize,
+    /// How many of the events up to `sequence` the command that produced it appended (0 for a
+    /// load): `sequence - appended` is the state the command was finally decided on.
+    pub appended: usize,
+}
+
+impl<A> Versioned<A> {
+    /// A state as read, with nothing appended.
+    pub fn loaded(state: A, sequence: usize) -> Self {
+        Self {
+            state,
+            sequence,
+            appended: 0,
+        }
+    }
 }
 
 /// One aggregate type's command side: cqrs-es's event store and aggregates, executed the way
@@ -198,22 +212,27 @@ where
         }
         let state = aggregate.clone();
         let events = sink.collect().await;
-        let sequence = context.current_sequence + events.len();
+        let appended = events.len();
+        let sequence = context.current_sequence + appended;
         if !events.is_empty() {
             self.store
                 .commit(events, context, metadata.clone().into_map())
                 .await?;
         }
-        Ok(Versioned { state, sequence })
+        Ok(Versioned {
+            state,
+            sequence,
+            appended,
+        })
     }
 
     /// The aggregate's current state and the sequence of its last event, from its events.
     pub async fn load_versioned(&self, id: &str) -> Result<Versioned<A>, LedgerError<A::Error>> {
         let mut context = self.store.load_aggregate(id).await.map_err(store_error)?;
-        Ok(Versioned {
-            sequence: context.current_sequence,
-            state: std::mem::take(context.aggregate()),
-        })
+        Ok(Versioned::loaded(
+            std::mem::take(context.aggregate()),
+            context.current_sequence,
+        ))
     }
 
     /// The aggregate's current state, from its events.
@@ -235,6 +254,24 @@ impl Ledger {
             apps: CommandBus::new(pool),
             charges: CommandBus::new(pool),
             projections,
+        }
+    }
+
+    /// Waits until the read models of `aggregate_type` show every event of that type committed
+    /// before the call, so that a read follows every answer given before it, also those given
+    /// without waiting for the read models (docs/decisions/0031); false after a timeout or an
+    /// error, when the read shows what the tables hold.
+    pub async fn fresh(&self, aggregate_type: &str) -> bool {
+        match self
+            .projections
+            .wait_for_head(aggregate_type, READ_YOUR_WRITES)
+            .await
+        {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::warn!(%error, "could not wait for projections");
+                false
+            }
         }
     }
 

@@ -428,6 +428,50 @@ impl ProjectionRunner {
         self.wait_for(aggregate_type, target, timeout).await
     }
 
+    /// Waits until every read-your-writes projection reading `aggregate_type` has applied every
+    /// event of that type committed before the call, so that a read follows every answer given
+    /// before it. One statement reads the newest such event and whether the projections'
+    /// checkpoints stand at or past it; only when one does not is there anything to wait for.
+    /// Returns false on timeout.
+    pub async fn wait_for_head(
+        &self,
+        aggregate_type: &str,
+        timeout: Duration,
+    ) -> Result<bool, ProjectionError> {
+        let names: Vec<&str> = self
+            .projections
+            .iter()
+            .filter(|p| p.read_your_writes() && p.aggregate_types().contains(&aggregate_type))
+            .map(|p| p.name())
+            .collect();
+        if names.is_empty() {
+            return Ok(true);
+        }
+        // The newest event of the type in the checkpoints' order, found by a backward walk of
+        // the `(transaction_id, global_position)` index.
+        let head: Option<(i64, i64, Option<bool>)> = sqlx::query_as(
+            "SELECT h.transaction_id::text::bigint, h.global_position, \
+               (SELECT bool_and((c.last_transaction_id, c.last_position) >= (h.transaction_id, h.global_position)) \
+                FROM projection_checkpoints c WHERE c.name = ANY($2)) \
+             FROM (SELECT transaction_id, global_position FROM events WHERE aggregate_type = $1 \
+                   ORDER BY transaction_id DESC, global_position DESC LIMIT 1) h",
+        )
+        .bind(aggregate_type)
+        .bind(&names)
+        .fetch_optional(&self.pool)
+        .await?;
+        match head {
+            None | Some((_, _, Some(true))) => Ok(true),
+            Some((transaction_id, position, _)) => {
+                let target = Checkpoint {
+                    transaction_id,
+                    position,
+                };
+                self.wait_for(aggregate_type, target, timeout).await
+            }
+        }
+    }
+
     /// Waits until every read-your-writes projection reading `aggregate_type` has applied the
     /// event at `target`. Returns false on timeout.
     pub async fn wait_for(

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use chrono::{DateTime, Utc};
+use ledger_aggregates::charge_ledger::CHARGE_LEDGER;
 use ledger_projections::apps::list_apps;
 use ledger_projections::audit::{self, AuditFilter};
 use ledger_projections::refunds::{find_charge, list_refunds, RefundFilter, RefundRow};
@@ -201,6 +202,7 @@ async fn overview(
         Err(other) => return Ok(other),
     };
     let apps = list_apps(&state.pool).await?;
+    state.ledger.fresh(CHARGE_LEDGER).await;
     let refunds = list_refunds(
         &state.pool,
         &RefundFilter {
@@ -291,6 +293,7 @@ async fn charge(
     Viewer(who): Viewer,
     Path(charge_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    state.ledger.fresh(CHARGE_LEDGER).await;
     let Some(charge) = find_charge(&state.pool, &charge_id).await? else {
         return Ok(page(
             StatusCode::NOT_FOUND,

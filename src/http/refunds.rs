@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::extract::{Json, Query};
 use super::openapi::ErrorBody;
 use super::state::AppState;
-use crate::refunds::{RefundError, RefundRequest, APP_NOT_AUTHORIZED};
+use crate::refunds::{Recorded, RefundError, RefundRequest, APP_NOT_AUTHORIZED};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -201,7 +201,21 @@ async fn refund_view(
         }
     }
     let now = Utc::now();
-    Ok(RefundRow {
+    Ok(row_of(
+        refund,
+        charge_id,
+        app,
+        Recorded {
+            created_at: now,
+            updated_at: now,
+        },
+    ))
+}
+
+/// The refund as the `refunds` projection writes it, from the command side's record and the
+/// times its events were recorded.
+fn row_of(refund: &RefundRecord, charge_id: &str, app: &str, recorded: Recorded) -> RefundRow {
+    RefundRow {
         id: refund.refund_id.clone(),
         app: app.to_owned(),
         purchase_id: refund.purchase_id.clone(),
@@ -215,9 +229,9 @@ async fn refund_view(
         failure_reason: refund.failure_reason.clone(),
         idempotency_key: refund.idempotency_key.clone(),
         requested_by: refund.requested_by.clone(),
-        created_at: now,
-        updated_at: now,
-    })
+        created_at: recorded.created_at,
+        updated_at: recorded.updated_at,
+    }
 }
 
 /// Refund a purchase's charge on the app's connected account (full when `amount` is absent),
@@ -262,7 +276,12 @@ async fn create_refund(
         return Err(error);
     }
     metrics::counter!("refunds_total", "status" => accepted.refund.status.as_str()).increment(1);
-    let view = refund_view(&state, &accepted.refund, &charge_id, &app).await?;
+    // A refund this request wrote alone is answered as it was recorded; readers wait for the
+    // read models to show it (docs/decisions/0031).
+    let view = match accepted.recorded {
+        Some(recorded) => row_of(&accepted.refund, &charge_id, &app, recorded),
+        None => refund_view(&state, &accepted.refund, &charge_id, &app).await?,
+    };
     let status = if accepted.created {
         StatusCode::CREATED
     } else {
@@ -280,6 +299,7 @@ async fn get_refund(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<RefundRow>, ApiError> {
+    state.ledger.fresh(CHARGE_LEDGER).await;
     find_refund(&state.pool, &id)
         .await?
         .map(Json)
@@ -315,6 +335,7 @@ async fn get_refunds(
         limit: query.limit.unwrap_or(100).clamp(1, 1000),
         newest_first: false,
     };
+    state.ledger.fresh(CHARGE_LEDGER).await;
     Ok(Json(RefundList {
         refunds: list_refunds(&state.pool, &filter).await?,
     }))
@@ -331,6 +352,7 @@ async fn get_charge(
     State(state): State<AppState>,
     Path(charge_id): Path<String>,
 ) -> Result<Json<ChargeRow>, ApiError> {
+    state.ledger.fresh(CHARGE_LEDGER).await;
     find_charge(&state.pool, &charge_id)
         .await?
         .map(Json)

@@ -1,5 +1,6 @@
 //! Accepting a refund: the key names the refund once, the intent is recorded, then it is driven.
 
+use chrono::{DateTime, Utc};
 use ledger_aggregates::app_connection::{AppConnectionError, APP_CONNECTION};
 use ledger_aggregates::charge_ledger::{
     idempotency_key, ChargeFacts, ChargeLedger, ChargeLedgerCommand, ChargeLedgerError, NewRefund,
@@ -37,6 +38,17 @@ struct Claim {
 pub struct Accepted {
     pub refund: RefundRecord,
     pub created: bool,
+    /// When the refund's events were recorded, known when this request alone wrote them all:
+    /// its answer then needs no read model (docs/decisions/0031).
+    pub recorded: Option<Recorded>,
+}
+
+/// When a refund was requested and last changed: the `recorded_at` of the appends that did
+/// it, which the `refunds` projection copies into `created_at` and `updated_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 impl RefundService {
@@ -81,10 +93,16 @@ impl RefundService {
                         return Ok(Accepted {
                             refund: refund.clone(),
                             created,
+                            recorded: None,
                         });
                     }
+                    // The intent's append created the refund: its time is the refund's
+                    // `created_at`.
+                    let requested_at = (ledger.appended > 0)
+                        .then(|| crate::writes::recorded_at(CHARGE_LEDGER, &request.charge_id))
+                        .flatten();
                     pause_point(AFTER_INTENT).await;
-                    let answered = self
+                    let submitted = self
                         .submit(
                             &request.charge_id,
                             charge,
@@ -93,11 +111,18 @@ impl RefundService {
                             Some(ledger.clone()),
                             meta,
                         )
-                        .await?
-                        .unwrap_or_else(|| refund.clone());
+                        .await?;
+                    let recorded = match (&submitted.refund, requested_at, submitted.answered_at) {
+                        (Some(_), Some(created_at), Some(updated_at)) => Some(Recorded {
+                            created_at,
+                            updated_at,
+                        }),
+                        _ => None,
+                    };
                     return Ok(Accepted {
-                        refund: answered,
+                        refund: submitted.refund.unwrap_or_else(|| refund.clone()),
                         created,
+                        recorded,
                     });
                 }
             }
@@ -122,7 +147,11 @@ impl RefundService {
                 )))
             }
         };
-        Ok(Accepted { refund, created })
+        Ok(Accepted {
+            refund,
+            created,
+            recorded: None,
+        })
     }
 
     async fn replay(
@@ -141,6 +170,7 @@ impl RefundService {
         Ok(Accepted {
             refund,
             created: false,
+            recorded: None,
         })
     }
 
@@ -274,10 +304,7 @@ impl RefundService {
         // claim read, from that state; should another request's events have come in since,
         // the append collides with them and the command is decided again on a fresh load.
         let known = match charge_sequence {
-            None => Some(Versioned {
-                state: ChargeLedger::default(),
-                sequence: 0,
-            }),
+            None => Some(Versioned::loaded(ChargeLedger::default(), 0)),
             Some(_) => self.charges.at(&request.charge_id, charge_sequence),
         };
         let ledger = self

@@ -2,9 +2,11 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use ledger_aggregates::app_connection::AppConnectionCommand;
 use ledger_aggregates::charge_ledger::{
     ChargeFacts, ChargeLedger, ChargeLedgerCommand, RefundRecord, RefundStatus, StripeRefundAnswer,
+    CHARGE_LEDGER,
 };
 use ledger_aggregates::{EventMetadata, Source};
 
@@ -18,6 +20,24 @@ use crate::stripe::StripeCallError;
 pub const METADATA_REFUND_ID: &str = "ledger_refund_id";
 /// Our failure code when Stripe refuses us access to the connected account.
 pub const APP_NOT_AUTHORIZED: &str = "app_not_authorized";
+
+/// What a submission left: the refund as it then stands and, when that state is the one its own
+/// append of Stripe's answer made (decided on the ledger the caller gave, with no other
+/// writer's events in between), the time that append was recorded.
+pub(super) struct Submitted {
+    pub refund: Option<RefundRecord>,
+    pub answered_at: Option<DateTime<Utc>>,
+}
+
+impl From<Option<RefundRecord>> for Submitted {
+    /// A refund as read from the store, or as a command decided on a fresh load left it.
+    fn from(refund: Option<RefundRecord>) -> Self {
+        Self {
+            refund,
+            answered_at: None,
+        }
+    }
+}
 
 fn answer_of(refund: &Refund) -> StripeRefundAnswer {
     StripeRefundAnswer {
@@ -103,6 +123,7 @@ impl RefundService {
             meta,
         )
         .await
+        .map(|done| done.refund)
     }
 
     /// Sends a refund already marked submitted to Stripe and records the answer. When an earlier
@@ -116,7 +137,7 @@ impl RefundService {
         earlier_attempt: bool,
         known: Option<Versioned<ChargeLedger>>,
         meta: &EventMetadata,
-    ) -> Result<Option<RefundRecord>, RefundError> {
+    ) -> Result<Submitted, RefundError> {
         let stripe = self.stripe()?;
         let account = charge.stripe_account_id.as_str();
         let refund_id = refund.refund_id.as_str();
@@ -139,17 +160,18 @@ impl RefundService {
                             .charges
                             .execute(charge_id, command, meta)
                             .await?;
-                        return Ok(ledger.refund(refund_id).cloned());
+                        return Ok(ledger.refund(refund_id).cloned().into());
                     }
                 }
                 Err(error) if error.is_permission_error() => {
                     return self
                         .record_not_authorized(&charge.app, charge_id, refund_id, &error, meta)
-                        .await;
+                        .await
+                        .map(Submitted::from);
                 }
                 Err(error) => {
                     tracing::warn!(refund_id, %error, "could not list the charge's refunds; will retry");
-                    return self.load(charge_id, refund_id).await;
+                    return self.load(charge_id, refund_id).await.map(Submitted::from);
                 }
             }
         }
@@ -177,11 +199,12 @@ impl RefundService {
             Err(error) if error.is_permission_error() => {
                 return self
                     .record_not_authorized(&charge.app, charge_id, refund_id, &error, meta)
-                    .await;
+                    .await
+                    .map(Submitted::from);
             }
             Err(error) if error.is_retryable() => {
                 tracing::warn!(refund_id, %error, "Stripe did not answer; the worker will retry with the same key");
-                return self.load(charge_id, refund_id).await;
+                return self.load(charge_id, refund_id).await.map(Submitted::from);
             }
             Err(error) => {
                 tracing::info!(refund_id, %error, "Stripe refused the refund");
@@ -192,13 +215,20 @@ impl RefundService {
                 }
             }
         };
+        let decided_on = known.as_ref().map(|known| known.sequence);
         let ledger = self
             .ledger
             .charges
             .execute_versioned(charge_id, known, command, |_| None, meta)
             .await?;
         self.charges.keep(charge_id, &ledger);
-        Ok(ledger.state.refund(refund_id).cloned())
+        let own = ledger.appended > 0 && decided_on == Some(ledger.sequence - ledger.appended);
+        Ok(Submitted {
+            refund: ledger.state.refund(refund_id).cloned(),
+            answered_at: own
+                .then(|| crate::writes::recorded_at(CHARGE_LEDGER, charge_id))
+                .flatten(),
+        })
     }
 
     /// Stripe refused us the account: the refund fails and the app is flagged.

@@ -14,7 +14,7 @@ use ledger_aggregates::app_connection::{AppConnection, AppConnectionError};
 use ledger_aggregates::charge_ledger::{ChargeLedger, ChargeLedgerError, RefundRecord};
 use sqlx::PgPool;
 
-pub use accept::{Accepted, RefundRequest};
+pub use accept::{Accepted, Recorded, RefundRequest};
 pub use drive::{APP_NOT_AUTHORIZED, METADATA_REFUND_ID};
 
 use self::known::KnownStates;

@@ -151,10 +151,10 @@ async fn a_command_on_a_stale_known_state_is_decided_again_on_fresh_state() {
     );
     // The same from the empty ledger a refund assumes for a charge the key claim found without
     // events (src/refunds/accept.rs), when another request's events came in since.
-    let empty = connect_ledger::ledger::Versioned {
-        state: ledger_aggregates::charge_ledger::ChargeLedger::default(),
-        sequence: 0,
-    };
+    let empty = connect_ledger::ledger::Versioned::loaded(
+        ledger_aggregates::charge_ledger::ChargeLedger::default(),
+        0,
+    );
     let assumed_empty = ledger
         .charges
         .execute_versioned(

@@ -116,6 +116,67 @@ async fn a_partial_refund_reaches_stripe_once_with_the_account_and_key() {
     assert_eq!(none["refunds"], json!([]));
 }
 
+/// A refund's answer does not wait for the read models (docs/decisions/0031); a read after it
+/// does. An open transaction holds the projections below the refund's events (their horizon)
+/// until the test ends it.
+#[tokio::test]
+async fn a_read_after_an_answer_waits_until_the_read_models_show_it() {
+    let (app, charge) = app_with_charge(5000).await;
+    let mut horizon = app.pool.begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *horizon)
+        .await
+        .expect("an id older than the refund's events");
+    let response = app.refund("shop", &charge, "appr_1", Some(2000)).await;
+    assert_eq!(response.status(), 201);
+    let refund: Value = response.json().await.expect("json");
+    assert_eq!(refund["status"], "succeeded");
+    let id = refund["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM refunds").await,
+        0,
+        "the projection cannot have applied the refund yet"
+    );
+
+    let reads = [
+        format!("/v1/refunds/{id}"),
+        format!("/v1/refunds?charge_id={charge}"),
+        format!("/v1/charges/{charge}"),
+    ]
+    .map(|path| {
+        let (client, base) = (app.http.clone(), app.address.clone());
+        tokio::spawn(async move {
+            let response = client
+                .get(format!("{base}{path}"))
+                .bearer_auth(crate::helpers::OPERATOR_TOKEN)
+                .send()
+                .await
+                .expect("read");
+            (
+                response.status(),
+                response.json::<Value>().await.expect("json"),
+            )
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for read in &reads {
+        assert!(
+            !read.is_finished(),
+            "a read answered before the read models showed the refund"
+        );
+    }
+    horizon.rollback().await.expect("rollback");
+
+    let [one, listed, ledger] = reads;
+    let (status, one) = one.await.expect("read");
+    assert_eq!(status, 200);
+    assert_eq!(one, refund, "the read shows what the answer said");
+    let (_, listed) = listed.await.expect("read");
+    assert_eq!(listed["refunds"], json!([refund]));
+    let (_, ledger) = ledger.await.expect("read");
+    assert_eq!(ledger["refunded"], 2000);
+}
+
 #[tokio::test]
 async fn full_then_once_more_then_too_much() {
     let (app, charge) = app_with_charge(3000).await;
