@@ -82,7 +82,7 @@ pub struct Versioned<A> {
     pub state: A,
     pub sequence: usize,
     /// How many of the events up to `sequence` the command that produced it appended (0 for a
-    /// load): `sequence - appended` is the state the command was finally decided on.
+    /// load).
     pub appended: usize,
 }
 

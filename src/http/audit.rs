@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
+use ledger_aggregates::charge_ledger::CHARGE_LEDGER;
 use ledger_aggregates::Source;
 use ledger_projections::audit::{self, AuditEntry, AuditFilter, Verification};
 use serde::{Deserialize, Serialize};
@@ -225,6 +226,8 @@ async fn run_report(
         .stripe
         .as_ref()
         .ok_or_else(|| ApiError::stripe_not_configured("STRIPE_SECRET_KEY"))?;
+    // The report compares what the read models show: every refund answered before it.
+    state.ledger.fresh(CHARGE_LEDGER).await;
     reconcile::run(&state.pool, stripe, &app, since, &|_| {})
         .await
         .map(Json)

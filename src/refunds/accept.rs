@@ -38,8 +38,9 @@ struct Claim {
 pub struct Accepted {
     pub refund: RefundRecord,
     pub created: bool,
-    /// When the refund's events were recorded, known when this request alone wrote them all:
-    /// its answer then needs no read model (docs/decisions/0031).
+    /// When the refund was requested and last changed, known when this request both created
+    /// it and recorded Stripe's answer: its answer then needs no read model
+    /// (docs/decisions/0031).
     pub recorded: Option<Recorded>,
 }
 

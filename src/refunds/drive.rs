@@ -21,9 +21,8 @@ pub const METADATA_REFUND_ID: &str = "ledger_refund_id";
 /// Our failure code when Stripe refuses us access to the connected account.
 pub const APP_NOT_AUTHORIZED: &str = "app_not_authorized";
 
-/// What a submission left: the refund as it then stands and, when that state is the one its own
-/// append of Stripe's answer made (decided on the ledger the caller gave, with no other
-/// writer's events in between), the time that append was recorded.
+/// What a submission left: the refund as it then stands and, when it appended Stripe's answer
+/// (an event about this refund, so its last), the time that append was recorded.
 pub(super) struct Submitted {
     pub refund: Option<RefundRecord>,
     pub answered_at: Option<DateTime<Utc>>,
@@ -215,17 +214,17 @@ impl RefundService {
                 }
             }
         };
-        let decided_on = known.as_ref().map(|known| known.sequence);
         let ledger = self
             .ledger
             .charges
             .execute_versioned(charge_id, known, command, |_| None, meta)
             .await?;
         self.charges.keep(charge_id, &ledger);
-        let own = ledger.appended > 0 && decided_on == Some(ledger.sequence - ledger.appended);
+        // The answer's event is the refund's last, and the state is the charge's as of it
+        // (decided on `known` only when nothing came in since, else on a fresh load).
         Ok(Submitted {
             refund: ledger.state.refund(refund_id).cloned(),
-            answered_at: own
+            answered_at: (ledger.appended > 0)
                 .then(|| crate::writes::recorded_at(CHARGE_LEDGER, charge_id))
                 .flatten(),
         })
