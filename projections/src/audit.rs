@@ -7,7 +7,7 @@
 //! rewrites the chain itself, keep the `head` hash that `verify` reports somewhere else.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -25,7 +25,15 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 pub struct AuditProjection {
     name: String,
     table: String,
+    /// Charges' apps and refunds' purchases learned from earlier batches. These never change,
+    /// so they are kept without regard to checkpoints (unlike decision 28's rows): a batch
+    /// reads from `events` only the links it holds neither in its own events nor here.
+    learned: Mutex<KnownLinks>,
 }
+
+/// How many links [`AuditProjection::learned`] holds before it starts again from empty (a link
+/// is two short strings).
+const LEARNED_LINKS: usize = 16_384;
 
 impl AuditProjection {
     pub const NAME: &'static str = "audit";
@@ -38,6 +46,7 @@ impl AuditProjection {
         Self {
             name: name.to_owned(),
             table: table.to_owned(),
+            learned: Mutex::new(KnownLinks::default()),
         }
     }
 }
@@ -180,6 +189,7 @@ impl Projection for AuditProjection {
             rows.refund_id.push(refund_id);
             rows.hash.push(previous.clone());
         }
+        self.learn(known);
         sqlx::query(&format!(
             "INSERT INTO {table} (position, global_position, recorded_at, aggregate_type, aggregate_id, sequence, \
                event_type, source, actor, correlation_id, stripe_event_id, app, purchase_id, charge_id, refund_id, hash) \
@@ -218,6 +228,19 @@ fn charge_app(fields: Option<&serde_json::Map<String, Value>>) -> Option<String>
         .map(str::to_owned)
 }
 
+impl AuditProjection {
+    /// Keeps the links a batch used or found, for the batches after it.
+    fn learn(&self, links: KnownLinks) {
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        let size = learned.app_of_charge.len() + learned.purchase_of_refund.len();
+        if size + links.app_of_charge.len() + links.purchase_of_refund.len() > LEARNED_LINKS {
+            *learned = KnownLinks::default();
+        }
+        learned.app_of_charge.extend(links.app_of_charge);
+        learned.purchase_of_refund.extend(links.purchase_of_refund);
+    }
+}
+
 /// What earlier entries say about the charges and refunds of a batch, for events that do not
 /// carry their app or purchase themselves.
 #[derive(Default)]
@@ -242,6 +265,7 @@ impl AuditProjection {
         let mut seen_refunds = HashSet::new();
         let mut charges = HashSet::new();
         let mut refunds = HashSet::new();
+        let mut refund_charges = HashMap::new();
         for event in events.iter().filter(|e| e.aggregate_type != APP_CONNECTION) {
             let fields = inner(&event.payload);
             if charge_app(fields).is_some() {
@@ -257,11 +281,35 @@ impl AuditProjection {
                     seen_refunds.insert(refund);
                 } else if !seen_refunds.contains(refund) {
                     refunds.insert(refund);
-                    charges.insert(event.aggregate_id.as_str());
+                    refund_charges.insert(refund, event.aggregate_id.as_str());
                 }
             }
         }
         let mut known = KnownLinks::default();
+        {
+            let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+            charges.retain(|charge| match learned.app_of_charge.get(*charge) {
+                Some(app) => {
+                    known
+                        .app_of_charge
+                        .insert((*charge).to_owned(), app.clone());
+                    false
+                }
+                None => true,
+            });
+            refunds.retain(|refund| match learned.purchase_of_refund.get(*refund) {
+                Some(purchase) => {
+                    known
+                        .purchase_of_refund
+                        .insert((*refund).to_owned(), purchase.clone());
+                    false
+                }
+                None => {
+                    charges.insert(refund_charges[refund]);
+                    true
+                }
+            });
+        }
         if charges.is_empty() {
             return Ok(known);
         }
