@@ -105,6 +105,8 @@ pub struct CommandBus<A: Aggregate> {
     store: Store<A>,
     services: A::Services,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Told of every commit, so that the read models follow at once (docs/decisions/0032).
+    projections: Arc<ProjectionRunner>,
 }
 
 impl<A> CommandBus<A>
@@ -113,7 +115,7 @@ where
     A::Command: Clone,
     A::Services: Default,
 {
-    fn new(pool: &PgPool) -> Self {
+    fn new(pool: &PgPool, projections: Arc<ProjectionRunner>) -> Self {
         Self {
             store: PersistedEventStore::new_event_store(EventRepository::new(pool.clone()))
                 .with_upcasters(upcasters()),
@@ -121,6 +123,7 @@ where
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            projections,
         }
     }
 
@@ -218,6 +221,7 @@ where
             self.store
                 .commit(events, context, metadata.clone().into_map())
                 .await?;
+            self.projections.nudge_type(A::TYPE);
         }
         Ok(Versioned {
             state,
@@ -251,8 +255,8 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(pool: &PgPool, projections: Arc<ProjectionRunner>) -> Self {
         Self {
-            apps: CommandBus::new(pool),
-            charges: CommandBus::new(pool),
+            apps: CommandBus::new(pool, Arc::clone(&projections)),
+            charges: CommandBus::new(pool, Arc::clone(&projections)),
             projections,
         }
     }

@@ -46,6 +46,10 @@ const WAIT_POLL: Duration = Duration::from_millis(10);
 const WAIT_POLL_APPLYING_HERE: Duration = Duration::from_millis(50);
 /// How often an idle runner looks for events written by other instances.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How long a runner woken by new events lets more gather before it reads them, unless a
+/// command or a read waits for them: one batch then carries the events of many commands, and
+/// the read models still follow within about this long (docs/decisions/0032).
+const GATHER: Duration = Duration::from_millis(20);
 /// How soon a runner looks again when committed events wait behind an open transaction.
 const BLOCKED_RETRY: Duration = Duration::from_millis(2);
 /// How long a failing projection waits before trying again.
@@ -569,7 +573,16 @@ impl ProjectionRunner {
                         lane.blocked
                             .store(false, std::sync::atomic::Ordering::Release);
                     } else {
-                        let _ = tokio::time::timeout(IDLE_POLL, notified).await;
+                        let mut waiters = lane.wanted.subscribe();
+                        waiters.borrow_and_update();
+                        if tokio::time::timeout(IDLE_POLL, notified).await.is_ok() {
+                            // Let more events gather, unless someone waits for them already or
+                            // starts to meanwhile.
+                            let awaited = *lane.wanted.borrow() > *lane.progress.borrow();
+                            if !awaited {
+                                let _ = tokio::time::timeout(GATHER, waiters.changed()).await;
+                            }
+                        }
                     }
                 }
                 Err(error) => {
