@@ -12,8 +12,13 @@ use cqrs_es::persist::{
 use cqrs_es::Aggregate;
 use ledger_projections::Checkpoint;
 use postgres_es::PostgresEventRepository;
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgPool, Postgres};
 
 pub struct EventRepository {
     reads: PostgresEventRepository,
@@ -29,9 +34,121 @@ impl EventRepository {
     }
 
     async fn append<A: Aggregate>(&self, events: &[SerializedEvent]) -> Result<(), sqlx::Error> {
-        let Some(first) = events.first() else {
+        if events.is_empty() {
             return Ok(());
-        };
+        }
+        let columns = EventColumns::of(events);
+        // In array order, so that global positions follow the sequence (as postgres-es's
+        // one-by-one inserts do); jsonb then json, as postgres-es binds its values. The place of
+        // the last event and the time the append was recorded (one transaction: one time) come
+        // back for the request's answer (`crate::writes`).
+        static APPEND: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH appended AS ({INSERT_EVENTS} ORDER BY e.n RETURNING transaction_id, global_position, recorded_at) \
+                 SELECT max(transaction_id::text::bigint), max(global_position), max(recorded_at) FROM appended"
+            )
+        });
+        let appended: (i64, i64, DateTime<Utc>) = columns
+            .bind::<A, _>(sqlx::query_as(&APPEND))
+            .fetch_one(&self.pool)
+            .await?;
+        record::<A>(events, appended);
+        Ok(())
+    }
+
+    /// Appends a refund's first events only together with the claim of its idempotency key, in
+    /// one statement (docs/decisions/0034): false, with nothing written, when the key is taken
+    /// already or the app's last event is no longer the one at `claim.app_sequence`. The primary
+    /// key refuses the events, and the claim with them, when the charge moved past the sequence
+    /// they follow.
+    pub async fn append_claiming<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        claim: &KeyClaim<'_>,
+    ) -> Result<bool, sqlx::Error> {
+        let columns = EventColumns::of(events);
+        static APPEND_CLAIMING: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH claimed AS ( \
+                   INSERT INTO refund_keys (idempotency_key, app, charge_id, requested_amount, refund_id) \
+                   SELECT $8, $9, $10, $11, $12 \
+                   WHERE (SELECT max(sequence) FROM events WHERE aggregate_type = $13 AND aggregate_id = $9) \
+                     IS NOT DISTINCT FROM $14 \
+                   ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1), \
+                 appended AS ({INSERT_EVENTS} WHERE EXISTS (SELECT 1 FROM claimed) ORDER BY e.n \
+                   RETURNING transaction_id, global_position, recorded_at) \
+                 SELECT max(transaction_id::text::bigint), max(global_position), max(recorded_at) FROM appended"
+            )
+        });
+        let appended: (Option<i64>, Option<i64>, Option<DateTime<Utc>>) = columns
+            .bind::<A, _>(sqlx::query_as(&APPEND_CLAIMING))
+            .bind(claim.key)
+            .bind(claim.app)
+            .bind(claim.charge_id)
+            .bind(claim.requested_amount)
+            .bind(claim.refund_id)
+            .bind(claim.app_type)
+            .bind(claim.app_sequence)
+            .fetch_one(&self.pool)
+            .await?;
+        match appended {
+            (Some(transaction_id), Some(position), Some(recorded_at)) => {
+                record::<A>(events, (transaction_id, position, recorded_at));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+/// The claim of a refund's idempotency key that its first events are appended with.
+pub struct KeyClaim<'a> {
+    pub key: &'a str,
+    pub app: &'a str,
+    pub charge_id: &'a str,
+    pub requested_amount: Option<i64>,
+    pub refund_id: &'a str,
+    /// The app's aggregate type, and the sequence of its last event the caller decided on.
+    pub app_type: &'a str,
+    pub app_sequence: i64,
+}
+
+/// `INSERT … SELECT FROM UNNEST($2 … $7)`, `$1` the aggregate type, without its `ORDER BY`.
+const INSERT_EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+   SELECT $1, e.id, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json \
+   FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+     WITH ORDINALITY AS e(id, sequence, event_type, event_version, payload, metadata, n)";
+
+/// Tells the request's record (`crate::writes`) where the events went and when.
+fn record<A: Aggregate>(
+    events: &[SerializedEvent],
+    (transaction_id, position, recorded_at): (i64, i64, DateTime<Utc>),
+) {
+    if let Some(first) = events.first() {
+        crate::writes::record(
+            A::TYPE,
+            &first.aggregate_id,
+            Checkpoint {
+                transaction_id,
+                position,
+            },
+            recorded_at,
+        );
+    }
+}
+
+/// The events' columns as arrays, bound as `$2 … $7` after the aggregate type.
+struct EventColumns<'a> {
+    ids: Vec<&'a str>,
+    sequences: Vec<i64>,
+    types: Vec<&'a str>,
+    versions: Vec<&'a str>,
+    payloads: Vec<&'a Value>,
+    metadata: Vec<&'a Value>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(events: &'a [SerializedEvent]) -> Self {
         let mut ids = Vec::with_capacity(events.len());
         let mut sequences = Vec::with_capacity(events.len());
         let mut types = Vec::with_capacity(events.len());
@@ -46,39 +163,28 @@ impl EventRepository {
             payloads.push(&event.payload);
             metadata.push(&event.metadata);
         }
-        // In array order, so that global positions follow the sequence (as postgres-es's
-        // one-by-one inserts do); jsonb then json, as postgres-es binds its values. The place of
-        // the last event and the time the append was recorded (one transaction: one time) come
-        // back for the request's answer (`crate::writes`).
-        let (transaction_id, position, recorded_at): (i64, i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
-            "WITH appended AS ( \
-               INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-               SELECT $1, e.id, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json \
-               FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-                 WITH ORDINALITY AS e(id, sequence, event_type, event_version, payload, metadata, n) \
-               ORDER BY e.n \
-               RETURNING transaction_id, global_position, recorded_at) \
-             SELECT max(transaction_id::text::bigint), max(global_position), max(recorded_at) FROM appended",
-        )
-        .bind(A::TYPE)
-        .bind(&ids)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&metadata)
-        .fetch_one(&self.pool)
-        .await?;
-        crate::writes::record(
-            A::TYPE,
-            &first.aggregate_id,
-            Checkpoint {
-                transaction_id,
-                position,
-            },
-            recorded_at,
-        );
-        Ok(())
+        Self {
+            ids,
+            sequences,
+            types,
+            versions,
+            payloads,
+            metadata,
+        }
+    }
+
+    fn bind<A: Aggregate, O>(
+        self,
+        query: QueryAs<'a, Postgres, O, PgArguments>,
+    ) -> QueryAs<'a, Postgres, O, PgArguments> {
+        query
+            .bind(A::TYPE)
+            .bind(self.ids)
+            .bind(self.sequences)
+            .bind(self.types)
+            .bind(self.versions)
+            .bind(self.payloads)
+            .bind(self.metadata)
     }
 }
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{
     EventStoreAggregateContext, EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster,
+    SerializedEvent,
 };
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
 use ledger_aggregates::app_connection::AppConnection;
 use ledger_aggregates::charge_ledger::ChargeLedger;
 use ledger_aggregates::upcasting::UPCASTS;
@@ -17,7 +18,7 @@ use ledger_projections::ProjectionRunner;
 use rand::Rng;
 use sqlx::PgPool;
 
-use crate::event_store::EventRepository;
+use crate::event_store::{EventRepository, KeyClaim};
 
 type Store<A> = PersistedEventStore<EventRepository, A>;
 
@@ -107,6 +108,8 @@ pub struct CommandBus<A: Aggregate> {
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Told of every commit, so that the read models follow at once (docs/decisions/0032).
     projections: Arc<ProjectionRunner>,
+    /// The same event store, for appends that carry a key claim (`execute_claiming`).
+    repository: EventRepository,
 }
 
 impl<A> CommandBus<A>
@@ -124,6 +127,7 @@ where
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             projections,
+            repository: EventRepository::new(pool.clone()),
         }
     }
 
@@ -228,6 +232,82 @@ where
             sequence,
             appended,
         })
+    }
+
+    /// Decides `first` (then the command `then` picks) on `known`, and appends the events only
+    /// together with `claim`, in one statement (docs/decisions/0034). `Ok(None)` means nothing
+    /// was written and the caller should take the long way: the claim was refused (its key
+    /// taken, or the app past the sequence it names), another writer's events came in since
+    /// `known`, or a command was refused on `known`, which may be out of date.
+    pub async fn execute_claiming(
+        &self,
+        id: &str,
+        known: Versioned<A>,
+        first: A::Command,
+        then: impl Fn(&A) -> Option<A::Command>,
+        metadata: &EventMetadata,
+        claim: &KeyClaim<'_>,
+    ) -> Result<Option<Versioned<A>>, LedgerError<A::Error>> {
+        let _serialized = self.stripe(id).lock().await;
+        let Versioned {
+            state: mut aggregate,
+            sequence,
+            ..
+        } = known;
+        let sink = EventSink::default();
+        if aggregate
+            .handle(first, &self.services, &sink)
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+        if let Some(next) = then(&aggregate) {
+            if aggregate.handle(next, &self.services, &sink).await.is_err() {
+                return Ok(None);
+            }
+        }
+        let events = sink.collect().await;
+        let appended = events.len();
+        if appended == 0 {
+            return Ok(None);
+        }
+        let metadata = metadata.clone().into_map();
+        let serialized = events
+            .into_iter()
+            .zip(sequence + 1..)
+            .map(|(payload, sequence)| {
+                SerializedEvent::try_from(&EventEnvelope::<A> {
+                    aggregate_id: id.to_owned(),
+                    sequence,
+                    payload,
+                    metadata: metadata.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| LedgerError::Store(error.to_string()))?;
+        match self
+            .repository
+            .append_claiming::<A>(&serialized, claim)
+            .await
+        {
+            Ok(true) => {
+                self.projections.nudge_type(A::TYPE);
+                Ok(Some(Versioned {
+                    state: aggregate,
+                    sequence: sequence + appended,
+                    appended,
+                }))
+            }
+            Ok(false) => Ok(None),
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("23505") => {
+                Ok(None)
+            }
+            Err(error) if crate::db::is_unavailable(&error) => {
+                Err(LedgerError::Unavailable(error.to_string()))
+            }
+            Err(error) => Err(LedgerError::Store(error.to_string())),
+        }
     }
 
     /// The aggregate's current state and the sequence of its last event, from its events.

@@ -10,7 +10,9 @@ use ledger_aggregates::EventMetadata;
 
 use super::pause::{pause_point, AFTER_INTENT};
 use super::{DrivingClaim, RefundError, RefundService};
+use crate::event_store::KeyClaim;
 use crate::ledger::{LedgerError, Versioned};
+use crate::stripe::api::Charge;
 
 /// A validated refund request.
 #[derive(Debug, Clone)]
@@ -59,6 +61,9 @@ impl RefundService {
         meta: &EventMetadata,
     ) -> Result<Accepted, RefundError> {
         let key = idempotency_key(&request.purchase_id, &request.approval_id);
+        if let Some(accepted) = self.accept_at_once(&request, &key, meta).await? {
+            return Ok(accepted);
+        }
         let Claim {
             mut refund_id,
             claimed_before,
@@ -85,46 +90,13 @@ impl RefundService {
             .await
         {
             Ok(ledger) => {
-                if let (Some(_claim), Some(charge), Some(refund)) = (
-                    claim,
-                    ledger.state.charge(),
-                    ledger.state.refund(&refund_id),
-                ) {
-                    if refund.status != RefundStatus::Requested {
-                        return Ok(Accepted {
-                            refund: refund.clone(),
-                            created,
-                            recorded: None,
-                        });
+                if let Some(_claim) = claim {
+                    if let Some(accepted) = self
+                        .answer_new(&request.charge_id, &ledger, &refund_id, meta)
+                        .await?
+                    {
+                        return Ok(accepted);
                     }
-                    // The intent's append created the refund: its time is the refund's
-                    // `created_at`.
-                    let requested_at = (ledger.appended > 0)
-                        .then(|| crate::writes::recorded_at(CHARGE_LEDGER, &request.charge_id))
-                        .flatten();
-                    pause_point(AFTER_INTENT).await;
-                    let submitted = self
-                        .submit(
-                            &request.charge_id,
-                            charge,
-                            refund,
-                            false,
-                            Some(ledger.clone()),
-                            meta,
-                        )
-                        .await?;
-                    let recorded = match (&submitted.refund, requested_at, submitted.answered_at) {
-                        (Some(_), Some(created_at), Some(updated_at)) => Some(Recorded {
-                            created_at,
-                            updated_at,
-                        }),
-                        _ => None,
-                    };
-                    return Ok(Accepted {
-                        refund: submitted.refund.unwrap_or_else(|| refund.clone()),
-                        created,
-                        recorded,
-                    });
                 }
             }
             Err(RefundError::Charge(LedgerError::Domain(
@@ -153,6 +125,111 @@ impl RefundService {
             created,
             recorded: None,
         })
+    }
+
+    /// The short way (docs/decisions/0034), when this process holds a connected copy of the
+    /// app: read the charge at Stripe on that app's account, decide the intent on the charge's
+    /// ledger as this process last left it (or empty), and append it only together with the key
+    /// claim, in one statement that also checks that the app has no event since that copy.
+    /// `None`, with nothing written, when any of that fails or does not hold: the caller then
+    /// takes the long way, which claims the key first and decides on checked state only.
+    async fn accept_at_once(
+        &self,
+        request: &RefundRequest,
+        key: &str,
+        meta: &EventMetadata,
+    ) -> Result<Option<Accepted>, RefundError> {
+        let Some(app) = self.apps.last_seen(&request.app) else {
+            return Ok(None);
+        };
+        let Some(account) = app.state.snapshot().and_then(|a| a.stripe_account_id) else {
+            return Ok(None);
+        };
+        let Some(stripe) = self.stripe.as_ref() else {
+            return Ok(None);
+        };
+        // Any failure is met again, and answered, on the long way.
+        let Ok(charge) = stripe.retrieve_charge(&account, &request.charge_id).await else {
+            return Ok(None);
+        };
+        let refund_id = fresh_refund_id();
+        let Some(_driving) = DrivingClaim::take(&self.driving, &refund_id) else {
+            return Ok(None);
+        };
+        let known = self
+            .charges
+            .last_seen(&request.charge_id)
+            .unwrap_or_else(|| Versioned::loaded(ChargeLedger::default(), 0));
+        let claim = KeyClaim {
+            key,
+            app: &request.app,
+            charge_id: &request.charge_id,
+            requested_amount: request.amount,
+            refund_id: &refund_id,
+            app_type: APP_CONNECTION,
+            app_sequence: app.sequence as i64,
+        };
+        let Some(ledger) = self
+            .ledger
+            .charges
+            .execute_claiming(
+                &request.charge_id,
+                known,
+                request_refund(request, account, &charge, &refund_id, key),
+                submit_now(&refund_id, true),
+                meta,
+                &claim,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.charges.keep(&request.charge_id, &ledger);
+        self.answer_new(&request.charge_id, &ledger, &refund_id, meta)
+            .await
+    }
+
+    /// Drives a refund this request just recorded (with its first submission) to Stripe and
+    /// answers it: as the request's two appends recorded it, when it did both. `None` when the
+    /// ledger does not hold it as recorded.
+    async fn answer_new(
+        &self,
+        charge_id: &str,
+        ledger: &Versioned<ChargeLedger>,
+        refund_id: &str,
+        meta: &EventMetadata,
+    ) -> Result<Option<Accepted>, RefundError> {
+        let (Some(charge), Some(refund)) = (ledger.state.charge(), ledger.state.refund(refund_id))
+        else {
+            return Ok(None);
+        };
+        if refund.status != RefundStatus::Requested {
+            return Ok(Some(Accepted {
+                refund: refund.clone(),
+                created: true,
+                recorded: None,
+            }));
+        }
+        // The intent's append created the refund: its time is the refund's `created_at`.
+        let requested_at = (ledger.appended > 0)
+            .then(|| crate::writes::recorded_at(CHARGE_LEDGER, charge_id))
+            .flatten();
+        pause_point(AFTER_INTENT).await;
+        let submitted = self
+            .submit(charge_id, charge, refund, false, Some(ledger.clone()), meta)
+            .await?;
+        let recorded = match (&submitted.refund, requested_at, submitted.answered_at) {
+            (Some(_), Some(created_at), Some(updated_at)) => Some(Recorded {
+                created_at,
+                updated_at,
+            }),
+            _ => None,
+        };
+        Ok(Some(Accepted {
+            refund: submitted.refund.unwrap_or_else(|| refund.clone()),
+            created: true,
+            recorded,
+        }))
     }
 
     async fn replay(
@@ -186,7 +263,7 @@ impl RefundService {
     /// that an app this process already holds at that sequence is not read again, and a charge
     /// with no events yet is not read at all (docs/decisions/0027).
     async fn claim_key(&self, key: &str, request: &RefundRequest) -> Result<Claim, RefundError> {
-        let fresh = format!("rf_{}", uuid::Uuid::new_v4().simple());
+        let fresh = fresh_refund_id();
         let (inserted, app_sequence, charge_sequence): (bool, Option<i64>, Option<i64>) = sqlx::query_as(
             "WITH claimed AS ( \
                INSERT INTO refund_keys (idempotency_key, app, charge_id, requested_amount, refund_id) \
@@ -273,33 +350,7 @@ impl RefundService {
             Err(error) if error.is_not_found() => return Err(RefundError::ChargeNotFound),
             Err(error) => return Err(RefundError::StripeUnavailable(error.to_string())),
         };
-        let command = ChargeLedgerCommand::RequestRefund {
-            charge: ChargeFacts {
-                app: request.app.clone(),
-                stripe_account_id: account,
-                amount: charge.captured(),
-                currency: charge.currency.to_lowercase(),
-                amount_refunded: charge.amount_refunded,
-                disputed: charge.disputed,
-            },
-            refund: NewRefund {
-                refund_id: refund_id.to_owned(),
-                idempotency_key: key.to_owned(),
-                purchase_id: request.purchase_id.clone(),
-                approval_id: request.approval_id.clone(),
-                amount: request.amount,
-                reason: request.reason,
-                requested_by: request.requested_by.clone(),
-            },
-        };
-        let submit_now = |ledger: &ChargeLedger| {
-            ledger
-                .refund(refund_id)
-                .filter(|r| submit && r.status == RefundStatus::Requested && r.attempts == 0)
-                .map(|_| ChargeLedgerCommand::MarkSubmitted {
-                    refund_id: refund_id.to_owned(),
-                })
-        };
+        let command = request_refund(request, account, &charge, refund_id, key);
         // A charge with no events when the key was claimed is decided from the empty ledger
         // without reading it, and one this process's refunds last left at the sequence the
         // claim read, from that state; should another request's events have come in since,
@@ -311,9 +362,64 @@ impl RefundService {
         let ledger = self
             .ledger
             .charges
-            .execute_versioned(&request.charge_id, known, command, submit_now, meta)
+            .execute_versioned(
+                &request.charge_id,
+                known,
+                command,
+                submit_now(refund_id, submit),
+                meta,
+            )
             .await?;
         self.charges.keep(&request.charge_id, &ledger);
         Ok(ledger)
+    }
+}
+
+fn fresh_refund_id() -> String {
+    format!("rf_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The intent: the refund as requested, against the charge as Stripe reports it.
+fn request_refund(
+    request: &RefundRequest,
+    account: String,
+    charge: &Charge,
+    refund_id: &str,
+    key: &str,
+) -> ChargeLedgerCommand {
+    ChargeLedgerCommand::RequestRefund {
+        charge: ChargeFacts {
+            app: request.app.clone(),
+            stripe_account_id: account,
+            amount: charge.captured(),
+            currency: charge.currency.to_lowercase(),
+            amount_refunded: charge.amount_refunded,
+            disputed: charge.disputed,
+        },
+        refund: NewRefund {
+            refund_id: refund_id.to_owned(),
+            idempotency_key: key.to_owned(),
+            purchase_id: request.purchase_id.clone(),
+            approval_id: request.approval_id.clone(),
+            amount: request.amount,
+            reason: request.reason,
+            requested_by: request.requested_by.clone(),
+        },
+    }
+}
+
+/// With `submit`, the refund's first submission, chained to the intent in the same commit so
+/// that the request can go to Stripe at once.
+fn submit_now(
+    refund_id: &str,
+    submit: bool,
+) -> impl Fn(&ChargeLedger) -> Option<ChargeLedgerCommand> + '_ {
+    move |ledger: &ChargeLedger| {
+        ledger
+            .refund(refund_id)
+            .filter(|r| submit && r.status == RefundStatus::Requested && r.attempts == 0)
+            .map(|_| ChargeLedgerCommand::MarkSubmitted {
+                refund_id: refund_id.to_owned(),
+            })
     }
 }

@@ -31,6 +31,13 @@ impl<A: Clone> KnownStates<A> {
             .cloned()
     }
 
+    /// The kept state of `id`, whatever its sequence: a guess, to be checked by the event store
+    /// when anything decided on it is written (docs/decisions/0034).
+    pub(super) fn last_seen(&self, id: &str) -> Option<Versioned<A>> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.get(id).cloned()
+    }
+
     /// Keeps the state of `id` as of its last event (an aggregate with no events is not kept).
     pub(super) fn keep(&self, id: &str, state: &Versioned<A>) {
         if state.sequence == 0 {
