@@ -228,6 +228,21 @@ fn charge_app(fields: Option<&serde_json::Map<String, Value>>) -> Option<String>
         .map(str::to_owned)
 }
 
+/// Moves into `known` the links of `wanted` that `learned` holds; `wanted` keeps the others.
+fn take_learned(
+    wanted: &mut HashSet<&str>,
+    learned: &HashMap<String, String>,
+    known: &mut HashMap<String, String>,
+) {
+    wanted.retain(|id| match learned.get(*id) {
+        Some(link) => {
+            known.insert((*id).to_owned(), link.clone());
+            false
+        }
+        None => true,
+    });
+}
+
 impl AuditProjection {
     /// Keeps the links a batch used or found, for the batches after it.
     fn learn(&self, links: KnownLinks) {
@@ -250,7 +265,8 @@ struct KnownLinks {
 }
 
 impl AuditProjection {
-    /// Reads, in one query, the links the batch cannot find in its own events. They come from
+    /// Reads, in one query, the links the batch finds neither in its own events nor among those
+    /// learned from earlier batches (decision 33). They come from
     /// the charges' earlier events in `events` (through its primary key), not from earlier audit
     /// entries: the audit table then needs no index of its own while it is written, which lets a
     /// rebuild create its indexes after the replay. A charge's app never changes (the aggregate
@@ -288,28 +304,18 @@ impl AuditProjection {
         let mut known = KnownLinks::default();
         {
             let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
-            charges.retain(|charge| match learned.app_of_charge.get(*charge) {
-                Some(app) => {
-                    known
-                        .app_of_charge
-                        .insert((*charge).to_owned(), app.clone());
-                    false
-                }
-                None => true,
-            });
-            refunds.retain(|refund| match learned.purchase_of_refund.get(*refund) {
-                Some(purchase) => {
-                    known
-                        .purchase_of_refund
-                        .insert((*refund).to_owned(), purchase.clone());
-                    false
-                }
-                None => {
-                    charges.insert(refund_charges[refund]);
-                    true
-                }
-            });
+            take_learned(
+                &mut charges,
+                &learned.app_of_charge,
+                &mut known.app_of_charge,
+            );
+            take_learned(
+                &mut refunds,
+                &learned.purchase_of_refund,
+                &mut known.purchase_of_refund,
+            );
         }
+        charges.extend(refunds.iter().map(|refund| refund_charges[refund]));
         if charges.is_empty() {
             return Ok(known);
         }
