@@ -205,20 +205,12 @@ where
             },
             None => self.store.load_aggregate(id).await?,
         };
-        let sink = EventSink::default();
         let aggregate = context.aggregate();
-        aggregate
-            .handle(first.clone(), &self.services, &sink)
+        let events = self
+            .decide(aggregate, first.clone(), then)
             .await
             .map_err(AggregateError::UserError)?;
-        if let Some(next) = then(aggregate) {
-            aggregate
-                .handle(next, &self.services, &sink)
-                .await
-                .map_err(AggregateError::UserError)?;
-        }
         let state = aggregate.clone();
-        let events = sink.collect().await;
         let appended = events.len();
         let sequence = context.current_sequence + appended;
         if !events.is_empty() {
@@ -232,6 +224,22 @@ where
             sequence,
             appended,
         })
+    }
+
+    /// Handles `first`, then the command `then` picks on the state it left, applying their
+    /// events to `aggregate`; returns the events, or the first refusal.
+    async fn decide(
+        &self,
+        aggregate: &mut A,
+        first: A::Command,
+        then: &impl Fn(&A) -> Option<A::Command>,
+    ) -> Result<Vec<A::Event>, A::Error> {
+        let sink = EventSink::default();
+        aggregate.handle(first, &self.services, &sink).await?;
+        if let Some(next) = then(aggregate) {
+            aggregate.handle(next, &self.services, &sink).await?;
+        }
+        Ok(sink.collect().await)
     }
 
     /// Decides `first` (then the command `then` picks) on `known`, and appends the events only
@@ -254,20 +262,9 @@ where
             sequence,
             ..
         } = known;
-        let sink = EventSink::default();
-        if aggregate
-            .handle(first, &self.services, &sink)
-            .await
-            .is_err()
-        {
+        let Ok(events) = self.decide(&mut aggregate, first, &then).await else {
             return Ok(None);
-        }
-        if let Some(next) = then(&aggregate) {
-            if aggregate.handle(next, &self.services, &sink).await.is_err() {
-                return Ok(None);
-            }
-        }
-        let events = sink.collect().await;
+        };
         let appended = events.len();
         if appended == 0 {
             return Ok(None);
@@ -346,17 +343,11 @@ impl Ledger {
     /// without waiting for the read models (docs/decisions/0031); false after a timeout or an
     /// error, when the read shows what the tables hold.
     pub async fn fresh(&self, aggregate_type: &str) -> bool {
-        match self
-            .projections
-            .wait_for_head(aggregate_type, READ_YOUR_WRITES)
-            .await
-        {
-            Ok(done) => done,
-            Err(error) => {
-                tracing::warn!(%error, "could not wait for projections");
-                false
-            }
-        }
+        waited(
+            self.projections
+                .wait_for_head(aggregate_type, READ_YOUR_WRITES)
+                .await,
+        )
     }
 
     /// Waits until the read models show the events this request appended to the aggregate, or
@@ -364,7 +355,7 @@ impl Ledger {
     pub async fn settle(&self, aggregate_type: &str, id: &str) -> bool {
         // The request's own appends are the target when it made any (`crate::writes`);
         // otherwise the aggregate's latest event, asked of the store.
-        let waited = match crate::writes::appended(aggregate_type, id) {
+        waited(match crate::writes::appended(aggregate_type, id) {
             Some(target) => {
                 self.projections
                     .wait_for(aggregate_type, target, READ_YOUR_WRITES)
@@ -375,13 +366,15 @@ impl Ledger {
                     .wait_for_aggregate(aggregate_type, id, READ_YOUR_WRITES)
                     .await
             }
-        };
-        match waited {
-            Ok(done) => done,
-            Err(error) => {
-                tracing::warn!(%error, "could not wait for projections");
-                false
-            }
-        }
+        })
     }
+}
+
+/// Whether a wait for the read models ended with them caught up; an error is logged and
+/// counts as not caught up.
+fn waited(result: Result<bool, ledger_projections::ProjectionError>) -> bool {
+    result.unwrap_or_else(|error| {
+        tracing::warn!(%error, "could not wait for projections");
+        false
+    })
 }
