@@ -12,7 +12,9 @@ use cqrs_es::persist::{
 use cqrs_es::Aggregate;
 use ledger_projections::Checkpoint;
 use postgres_es::PostgresEventRepository;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+
+use crate::direct_connections::DirectConnections;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -22,14 +24,23 @@ use sqlx::{PgPool, Postgres};
 
 pub struct EventRepository {
     reads: PostgresEventRepository,
-    pool: PgPool,
+    /// The appends' connections, outside the pool (docs/decisions/0036).
+    appends: Arc<DirectConnections>,
 }
 
 impl EventRepository {
     pub fn new(pool: PgPool) -> Self {
+        let appends = Arc::new(DirectConnections::new(
+            pool.connect_options().as_ref().clone(),
+        ));
+        Self::sharing(pool, appends)
+    }
+
+    /// A repository that appends through `appends`, which other repositories share.
+    pub fn sharing(pool: PgPool, appends: Arc<DirectConnections>) -> Self {
         Self {
-            reads: PostgresEventRepository::new(pool.clone()),
-            pool,
+            reads: PostgresEventRepository::new(pool),
+            appends,
         }
     }
 
@@ -48,10 +59,12 @@ impl EventRepository {
                  SELECT max(transaction_id::text::bigint), max(global_position), max(recorded_at) FROM appended"
             )
         });
-        let appended: (i64, i64, DateTime<Utc>) = columns
+        let mut conn = self.appends.checkout().await?;
+        let outcome = columns
             .bind::<A, _>(sqlx::query_as(&APPEND))
-            .fetch_one(&self.pool)
-            .await?;
+            .fetch_one(&mut *conn)
+            .await;
+        let appended: (i64, i64, DateTime<Utc>) = conn.finish(outcome)?;
         record::<A>(events, appended);
         Ok(())
     }
@@ -80,7 +93,8 @@ impl EventRepository {
                  SELECT max(transaction_id::text::bigint), max(global_position), max(recorded_at) FROM appended"
             )
         });
-        let appended: (Option<i64>, Option<i64>, Option<DateTime<Utc>>) = columns
+        let mut conn = self.appends.checkout().await?;
+        let outcome = columns
             .bind::<A, _>(sqlx::query_as(&APPEND_CLAIMING))
             .bind(claim.key)
             .bind(claim.app)
@@ -89,8 +103,9 @@ impl EventRepository {
             .bind(claim.refund_id)
             .bind(claim.app_type)
             .bind(claim.app_sequence)
-            .fetch_one(&self.pool)
-            .await?;
+            .fetch_one(&mut *conn)
+            .await;
+        let appended: (Option<i64>, Option<i64>, Option<DateTime<Utc>>) = conn.finish(outcome)?;
         match appended {
             (Some(transaction_id), Some(position), Some(recorded_at)) => {
                 record::<A>(events, (transaction_id, position, recorded_at));

@@ -18,6 +18,7 @@ use ledger_projections::ProjectionRunner;
 use rand::Rng;
 use sqlx::PgPool;
 
+use crate::direct_connections::DirectConnections;
 use crate::event_store::{EventRepository, KeyClaim};
 
 type Store<A> = PersistedEventStore<EventRepository, A>;
@@ -118,16 +119,20 @@ where
     A::Command: Clone,
     A::Services: Default,
 {
-    fn new(pool: &PgPool, projections: Arc<ProjectionRunner>) -> Self {
+    fn new(
+        pool: &PgPool,
+        appends: &Arc<DirectConnections>,
+        projections: Arc<ProjectionRunner>,
+    ) -> Self {
+        let repository = || EventRepository::sharing(pool.clone(), Arc::clone(appends));
         Self {
-            store: PersistedEventStore::new_event_store(EventRepository::new(pool.clone()))
-                .with_upcasters(upcasters()),
+            store: PersistedEventStore::new_event_store(repository()).with_upcasters(upcasters()),
             services: A::Services::default(),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             projections,
-            repository: EventRepository::new(pool.clone()),
+            repository: repository(),
         }
     }
 
@@ -331,9 +336,12 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(pool: &PgPool, projections: Arc<ProjectionRunner>) -> Self {
+        let appends = Arc::new(DirectConnections::new(
+            pool.connect_options().as_ref().clone(),
+        ));
         Self {
-            apps: CommandBus::new(pool, Arc::clone(&projections)),
-            charges: CommandBus::new(pool, Arc::clone(&projections)),
+            apps: CommandBus::new(pool, &appends, Arc::clone(&projections)),
+            charges: CommandBus::new(pool, &appends, Arc::clone(&projections)),
             projections,
         }
     }

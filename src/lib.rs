@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod direct_connections;
 pub mod embedded;
 pub mod event_store;
 pub mod fake_stripe;

@@ -263,3 +263,77 @@ async fn repository_with_one_event(pool: &sqlx::PgPool) {
         .await
         .expect("append");
 }
+
+/// The appends' own connections (docs/decisions/0036): reused after a statement the server
+/// answered or refused, dropped after one cancelled half way or cut off, replaced when found
+/// dead after a while idle.
+#[tokio::test]
+async fn append_connections_are_reused_only_when_left_ready() {
+    use connect_ledger::direct_connections::DirectConnections;
+    use std::time::Duration;
+
+    let url = fresh_database().await;
+    let pool = connect_ledger::db::connect(&url).await.expect("pool");
+    let direct = DirectConnections::new(pool.connect_options().as_ref().clone());
+    async fn backend(direct: &DirectConnections) -> i32 {
+        let mut conn = direct.checkout().await.expect("checkout");
+        let outcome = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await;
+        conn.finish(outcome).expect("pid")
+    }
+
+    let first = backend(&direct).await;
+    assert_eq!(
+        backend(&direct).await,
+        first,
+        "an answered statement keeps it"
+    );
+
+    let mut conn = direct.checkout().await.expect("checkout");
+    let outcome = sqlx::query("SELECT 1 / 0").execute(&mut *conn).await;
+    let refused = conn.finish(outcome).expect_err("division by zero");
+    assert!(matches!(refused, sqlx::Error::Database(_)), "{refused:?}");
+    assert_eq!(
+        backend(&direct).await,
+        first,
+        "a refused statement keeps it"
+    );
+
+    let mut conn = direct.checkout().await.expect("checkout");
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(200),
+        sqlx::query("SELECT pg_sleep(30)").execute(&mut *conn),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the sleep was cut short");
+    drop(conn);
+    let second = backend(&direct).await;
+    assert_ne!(
+        second, first,
+        "a cancelled statement's connection is not reused"
+    );
+
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(second)
+        .fetch_one(&pool)
+        .await
+        .expect("terminate");
+    assert!(terminated);
+    // Used at once, the dead connection fails its statement and is dropped, not kept.
+    let mut conn = direct.checkout().await.expect("checkout");
+    let outcome = sqlx::query("SELECT 1").execute(&mut *conn).await;
+    assert!(conn.finish(outcome).is_err(), "the server hung up");
+    let third = backend(&direct).await;
+    assert!(third != second && third != first);
+
+    // Found dead after a while idle, it is replaced before the statement is sent.
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(third)
+        .execute(&pool)
+        .await
+        .expect("terminate");
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    let fourth = backend(&direct).await;
+    assert_ne!(fourth, third);
+}
