@@ -68,12 +68,19 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if std::env::args().any(|a| a == "--refunds-only") {
-        // Profiling aid: only the refund figures (PostgreSQL statistics, perf).
+        // Profiling aid: only the refund figures and their projection lag (PostgreSQL
+        // statistics, perf, alternating runs of two builds).
         let database = service::fresh_database(&server).await?;
         let pool = connect_ledger::db::connect(&database).await?;
         connect_ledger::db::migrate(&pool).await?;
         let service = service::Service::start(&database).await?;
         let figures = scenarios::refunds(&service, &pool, &plan).await?;
+        let peak = figures
+            .iter()
+            .filter(|f| f.name == scenarios::REFUNDS)
+            .map(|f| f.per_second)
+            .fold(0.0, f64::max);
+        let lag = scenarios::projection_lag(&service, &pool, &plan, peak).await?;
         drop(service);
         pool.close().await;
         service::drop_databases(&server).await?;
@@ -83,6 +90,10 @@ async fn main() -> anyhow::Result<()> {
                 figure.name, figure.clients, figure.per_second
             );
         }
+        println!(
+            "projection lag at {:.0} refunds/s: p50 {:.1} ms, p99 {:.1} ms",
+            lag.rate, lag.p50_ms, lag.p99_ms
+        );
         return Ok(());
     }
     let mut figures: Vec<Figure> = Vec::new();

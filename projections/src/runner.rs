@@ -179,6 +179,9 @@ struct Lane {
     /// transaction; then `unblock` wakes it when one of this process's projections commits.
     blocked: std::sync::atomic::AtomicBool,
     unblock: Notify,
+    /// When the first commit since its loop last started a cycle woke it: the gathering for
+    /// the next cycle counts from then, not from the end of the cycle under way.
+    woken_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Lane {
@@ -191,7 +194,25 @@ impl Lane {
             applying_here: std::sync::atomic::AtomicBool::new(false),
             blocked: std::sync::atomic::AtomicBool::new(false),
             unblock: Notify::new(),
+            woken_at: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Wakes the loop, remembering when the first of these wake-ups came.
+    fn wake(&self) {
+        self.woken_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(tokio::time::Instant::now);
+        self.wake.notify_waiters();
+    }
+
+    /// When the events the next cycle reads started to gather, and a fresh count from now.
+    fn take_woken_at(&self) -> Option<tokio::time::Instant> {
+        self.woken_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Whether an idle batch should move the checkpoint past other types' events now; if so,
@@ -247,7 +268,7 @@ impl ProjectionRunner {
     /// Tells every background loop that new events were committed here.
     pub fn nudge(&self) {
         for lane in self.lanes.values() {
-            lane.wake.notify_waiters();
+            lane.wake();
         }
     }
 
@@ -257,7 +278,7 @@ impl ProjectionRunner {
         for projection in &self.projections {
             if projection.aggregate_types().contains(&aggregate_type) {
                 if let Some(lane) = self.lanes.get(projection.name()) {
-                    lane.wake.notify_waiters();
+                    lane.wake();
                 }
             }
         }
@@ -549,6 +570,7 @@ impl ProjectionRunner {
         };
         loop {
             let notified = lane.wake.notified();
+            lane.take_woken_at();
             let cycle = self.catch_up(projection.as_ref()).await;
             let held = matches!(cycle, Ok(CatchUp::Applied(_)));
             lane.applying_here
@@ -576,11 +598,16 @@ impl ProjectionRunner {
                         let mut waiters = lane.wanted.subscribe();
                         waiters.borrow_and_update();
                         if tokio::time::timeout(IDLE_POLL, notified).await.is_ok() {
-                            // Let more events gather, unless someone waits for them already or
-                            // starts to meanwhile.
+                            // Let more events gather, for GATHER from the first commit that
+                            // woke it (it may have come while the last cycle ran), unless
+                            // someone waits for them already or starts to meanwhile.
                             let awaited = *lane.wanted.borrow() > *lane.progress.borrow();
                             if !awaited {
-                                let _ = tokio::time::timeout(GATHER, waiters.changed()).await;
+                                let since = lane
+                                    .take_woken_at()
+                                    .unwrap_or_else(tokio::time::Instant::now);
+                                let _ = tokio::time::timeout_at(since + GATHER, waiters.changed())
+                                    .await;
                             }
                         }
                     }
