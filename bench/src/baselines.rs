@@ -13,6 +13,10 @@ use crate::Plan;
 
 pub const RAW: &str = "baseline: raw INSERT per tx";
 pub const CQRS: &str = "baseline: plain cqrs-es command";
+/// The same baseline measured just before and just after each refund figure, averaged: the
+/// refund events' ratio is taken against it, so that the machine's speed, which drifts within
+/// minutes here, is the same on both sides of the ratio.
+pub const CQRS_BESIDE: &str = "baseline: plain cqrs-es command, around the refunds";
 
 pub async fn raw_inserts(pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
     sqlx::query("CREATE TABLE bench_raw (LIKE events INCLUDING DEFAULTS)")
@@ -85,28 +89,70 @@ impl Aggregate for Counter {
     }
 }
 
-pub async fn plain_cqrs(pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
-    sqlx::query(
+/// The cqrs-es baseline, set up once: measured with the other baseline first, then again
+/// around each refund figure (`scenarios::refunds`).
+#[derive(Clone)]
+pub struct PlainCqrs {
+    cqrs: std::sync::Arc<
+        CqrsFramework<Counter, PersistedEventStore<PostgresEventRepository, Counter>>,
+    >,
+}
+
+impl PlainCqrs {
+    pub async fn set_up(pool: &PgPool) -> anyhow::Result<Self> {
+        sqlx::query(
         "CREATE TABLE bench_cqrs_events (aggregate_type text NOT NULL, aggregate_id text NOT NULL, \
          sequence bigint NOT NULL, event_type text NOT NULL, event_version text NOT NULL, payload json NOT NULL, \
          metadata json NOT NULL, PRIMARY KEY (aggregate_type, aggregate_id, sequence))",
     )
     .execute(pool)
     .await?;
-    let repo = PostgresEventRepository::new(pool.clone())
-        .with_tables("bench_cqrs_events", "bench_cqrs_snapshots");
-    let cqrs = std::sync::Arc::new(CqrsFramework::<Counter, _>::new(
-        PersistedEventStore::new_event_store(repo),
-        Vec::new(),
-        (),
-    ));
-    figures(CQRS, None, plan, pool, move |client, n| {
-        let cqrs = std::sync::Arc::clone(&cqrs);
-        async move {
-            cqrs.execute(&format!("{client}-{n}"), ())
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))
+        let repo = PostgresEventRepository::new(pool.clone())
+            .with_tables("bench_cqrs_events", "bench_cqrs_snapshots");
+        let cqrs = std::sync::Arc::new(CqrsFramework::<Counter, _>::new(
+            PersistedEventStore::new_event_store(repo),
+            Vec::new(),
+            (),
+        ));
+        Ok(Self { cqrs })
+    }
+
+    /// One trivial command on a fresh aggregate per operation; `run` keeps the ids of
+    /// different measurements apart.
+    fn command(
+        &self,
+        run: &'static str,
+    ) -> impl Fn(
+        usize,
+        usize,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+           + Send
+           + Sync
+           + 'static {
+        let cqrs = std::sync::Arc::clone(&self.cqrs);
+        move |client, n| {
+            let cqrs = std::sync::Arc::clone(&cqrs);
+            Box::pin(async move {
+                cqrs.execute(&format!("{run}-{client}-{n}"), ())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
         }
-    })
-    .await
+    }
+
+    pub async fn figures(&self, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+        figures(CQRS, None, plan, pool, self.command("first")).await
+    }
+
+    /// The baseline at `clients` for `duration`, unreported (the caller averages it);
+    /// `run` must differ between calls.
+    pub async fn measure(
+        &self,
+        run: &'static str,
+        clients: usize,
+        duration: std::time::Duration,
+    ) -> anyhow::Result<Figure> {
+        crate::load::run(CQRS_BESIDE, None, clients, duration, 1.0, self.command(run)).await
+    }
 }

@@ -73,8 +73,9 @@ async fn main() -> anyhow::Result<()> {
         let database = service::fresh_database(&server).await?;
         let pool = connect_ledger::db::connect(&database).await?;
         connect_ledger::db::migrate(&pool).await?;
+        let cqrs = baselines::PlainCqrs::set_up(&pool).await?;
         let service = service::Service::start(&database).await?;
-        let figures = scenarios::refunds(&service, &pool, &plan).await?;
+        let figures = scenarios::refunds(&service, &pool, &plan, &cqrs).await?;
         let peak = figures
             .iter()
             .filter(|f| f.name == scenarios::REFUNDS)
@@ -101,7 +102,8 @@ async fn main() -> anyhow::Result<()> {
     let pool = connect_ledger::db::connect(&database).await?;
     connect_ledger::db::migrate(&pool).await?;
     figures.extend(baselines::raw_inserts(&pool, &plan).await?);
-    figures.extend(baselines::plain_cqrs(&pool, &plan).await?);
+    let cqrs = baselines::PlainCqrs::set_up(&pool).await?;
+    figures.extend(cqrs.figures(&pool, &plan).await?);
 
     let service = service::Service::start(&database).await?;
     let idle_rss = service.rss_kib();
@@ -109,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     // Let the worker finish the stored events, so the next figures do not pay for them.
     let drained = scenarios::drain_inbox(&pool).await?;
     eprintln!("  inbox drained in {drained:.1} s");
-    figures.extend(scenarios::refunds(&service, &pool, &plan).await?);
+    figures.extend(scenarios::refunds(&service, &pool, &plan, &cqrs).await?);
     let peak_rss = service.peak_rss_kib();
     figures.extend(scenarios::reads(&service, &pool, &plan).await?);
     let peak_refunds = figures

@@ -8,7 +8,7 @@ use connect_ledger::webhooks::signature::sign;
 use ledger_projections::rebuild::rebuild_all;
 use sqlx::PgPool;
 
-use crate::baselines::{CQRS, RAW};
+use crate::baselines::{PlainCqrs, CQRS_BESIDE, RAW};
 use crate::load::{self, run, run_paced, Figure};
 use crate::service::{fresh_database, Service, ACCOUNT, TOKEN, WEBHOOK_SECRET};
 use crate::Plan;
@@ -158,22 +158,41 @@ async fn refund_load(
 }
 
 /// Refunds at each client count, after a warm-up as in `load::figures`; with each, the events
-/// written per second, counted in the event store.
-pub async fn refunds(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
+/// written per second, counted in the event store, and the cqrs-es baseline measured for half
+/// as long just before and just after it (their mean is what the events are compared to).
+pub async fn refunds(
+    service: &Service,
+    pool: &PgPool,
+    plan: &Plan,
+    cqrs: &PlainCqrs,
+) -> anyhow::Result<Vec<Figure>> {
     let most = plan.clients.iter().copied().max().unwrap_or(1);
     refund_load(service, load::WARM_UP, plan.warm_up, most).await?;
     let mut figures = Vec::new();
     for &clients in &plan.clients {
         settle_server_before_figure(pool).await?;
+        let before_refunds = cqrs.measure("before", clients, plan.duration / 2).await?;
+        settle_server_before_figure(pool).await?;
         let before = event_count(pool).await?;
         let started = Instant::now();
         let figure = refund_load(service, REFUNDS, plan.duration, clients).await?;
         let events = (event_count(pool).await? - before) as f64 / started.elapsed().as_secs_f64();
+        settle_server_before_figure(pool).await?;
+        let after_refunds = cqrs.measure("after", clients, plan.duration / 2).await?;
+        let mean = |f: fn(&Figure) -> f64| (f(&before_refunds) + f(&after_refunds)) / 2.0;
+        figures.push(Figure {
+            name: CQRS_BESIDE,
+            clients,
+            per_second: mean(|f| f.per_second),
+            p50_ms: mean(|f| f.p50_ms),
+            p99_ms: mean(|f| f.p99_ms),
+            baseline: None,
+        });
         figures.push(figure.clone());
         figures.push(Figure {
             name: "refund events written",
             per_second: events,
-            baseline: Some(CQRS),
+            baseline: Some(CQRS_BESIDE),
             ..figure
         });
     }
