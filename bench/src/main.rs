@@ -76,11 +76,7 @@ async fn main() -> anyhow::Result<()> {
         let cqrs = baselines::PlainCqrs::set_up(&pool).await?;
         let service = service::Service::start(&database).await?;
         let figures = scenarios::refunds(&service, &pool, &plan, &cqrs).await?;
-        let peak = figures
-            .iter()
-            .filter(|f| f.name == scenarios::REFUNDS)
-            .map(|f| f.per_second)
-            .fold(0.0, f64::max);
+        let peak = scenarios::peak_refunds(&figures);
         let lag = scenarios::projection_lag(&service, &pool, &plan, peak).await?;
         drop(service);
         pool.close().await;
@@ -114,12 +110,8 @@ async fn main() -> anyhow::Result<()> {
     figures.extend(scenarios::refunds(&service, &pool, &plan, &cqrs).await?);
     let peak_rss = service.peak_rss_kib();
     figures.extend(scenarios::reads(&service, &pool, &plan).await?);
-    let peak_refunds = figures
-        .iter()
-        .filter(|f| f.name == scenarios::REFUNDS)
-        .map(|f| f.per_second)
-        .fold(0.0, f64::max);
-    let lag = scenarios::projection_lag(&service, &pool, &plan, peak_refunds).await?;
+    let peak = scenarios::peak_refunds(&figures);
+    let lag = scenarios::projection_lag(&service, &pool, &plan, peak).await?;
     drop(service);
     // The rebuild gets a quiet server: the loaded database goes first, so autovacuum does not
     // work through its million rows while the rebuild is timed.

@@ -199,6 +199,15 @@ pub async fn refunds(
     Ok(figures)
 }
 
+/// The best refund rate among `figures`: the projection lag is measured at half of it.
+pub fn peak_refunds(figures: &[Figure]) -> f64 {
+    figures
+        .iter()
+        .filter(|f| f.name == REFUNDS)
+        .map(|f| f.per_second)
+        .fold(0.0, f64::max)
+}
+
 pub async fn reads(service: &Service, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for (name, path) in [
