@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgSeverity};
 use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// How many connections the appends may hold open at once.
 const MAX_CONNECTIONS: usize = 16;
@@ -27,7 +27,7 @@ const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 pub struct DirectConnections {
     options: PgConnectOptions,
     idle: Mutex<Vec<(PgConnection, Instant)>>,
-    permits: std::sync::Arc<Semaphore>,
+    permits: Semaphore,
 }
 
 impl DirectConnections {
@@ -35,13 +35,13 @@ impl DirectConnections {
         Self {
             options,
             idle: Mutex::new(Vec::new()),
-            permits: std::sync::Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            permits: Semaphore::new(MAX_CONNECTIONS),
         }
     }
 
     /// A connection for one statement: the most recently used idle one, or a new one.
     pub async fn checkout(&self) -> Result<Lease<'_>, sqlx::Error> {
-        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.clone().acquire_owned())
+        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.acquire())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
@@ -64,11 +64,11 @@ impl DirectConnections {
 pub struct Lease<'a> {
     owner: &'a DirectConnections,
     conn: Option<PgConnection>,
-    _permit: OwnedSemaphorePermit,
+    _permit: SemaphorePermit<'a>,
 }
 
 impl<'a> Lease<'a> {
-    fn new(owner: &'a DirectConnections, conn: PgConnection, permit: OwnedSemaphorePermit) -> Self {
+    fn new(owner: &'a DirectConnections, conn: PgConnection, permit: SemaphorePermit<'a>) -> Self {
         Self {
             owner,
             conn: Some(conn),
