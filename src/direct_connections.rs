@@ -31,6 +31,11 @@ pub struct DirectConnections {
 }
 
 impl DirectConnections {
+    /// A stash that opens its connections with `pool`'s options.
+    pub fn for_pool(pool: &sqlx::PgPool) -> Self {
+        Self::new(pool.connect_options().as_ref().clone())
+    }
+
     pub fn new(options: PgConnectOptions) -> Self {
         Self {
             options,

@@ -30,9 +30,7 @@ pub struct EventRepository {
 
 impl EventRepository {
     pub fn new(pool: PgPool) -> Self {
-        let appends = Arc::new(DirectConnections::new(
-            pool.connect_options().as_ref().clone(),
-        ));
+        let appends = Arc::new(DirectConnections::for_pool(&pool));
         Self::sharing(pool, appends)
     }
 

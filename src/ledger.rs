@@ -336,9 +336,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(pool: &PgPool, projections: Arc<ProjectionRunner>) -> Self {
-        let appends = Arc::new(DirectConnections::new(
-            pool.connect_options().as_ref().clone(),
-        ));
+        let appends = Arc::new(DirectConnections::for_pool(pool));
         Self {
             apps: CommandBus::new(pool, &appends, Arc::clone(&projections)),
             charges: CommandBus::new(pool, &appends, Arc::clone(&projections)),

@@ -91,7 +91,6 @@ impl Aggregate for Counter {
 
 /// The cqrs-es baseline, set up once: measured with the other baseline first, then again
 /// around each refund figure (`scenarios::refunds`).
-#[derive(Clone)]
 pub struct PlainCqrs {
     cqrs: std::sync::Arc<
         CqrsFramework<Counter, PersistedEventStore<PostgresEventRepository, Counter>>,
@@ -101,12 +100,12 @@ pub struct PlainCqrs {
 impl PlainCqrs {
     pub async fn set_up(pool: &PgPool) -> anyhow::Result<Self> {
         sqlx::query(
-        "CREATE TABLE bench_cqrs_events (aggregate_type text NOT NULL, aggregate_id text NOT NULL, \
-         sequence bigint NOT NULL, event_type text NOT NULL, event_version text NOT NULL, payload json NOT NULL, \
-         metadata json NOT NULL, PRIMARY KEY (aggregate_type, aggregate_id, sequence))",
-    )
-    .execute(pool)
-    .await?;
+            "CREATE TABLE bench_cqrs_events (aggregate_type text NOT NULL, aggregate_id text NOT NULL, \
+             sequence bigint NOT NULL, event_type text NOT NULL, event_version text NOT NULL, \
+             payload json NOT NULL, metadata json NOT NULL, PRIMARY KEY (aggregate_type, aggregate_id, sequence))",
+        )
+        .execute(pool)
+        .await?;
         let repo = PostgresEventRepository::new(pool.clone())
             .with_tables("bench_cqrs_events", "bench_cqrs_snapshots");
         let cqrs = std::sync::Arc::new(CqrsFramework::<Counter, _>::new(

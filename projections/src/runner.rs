@@ -547,6 +547,7 @@ impl ProjectionRunner {
                 {
                     break;
                 }
+                // Not `Lane::wake`: a waiter makes the loop skip its gathering anyway.
                 lane.wake.notify_waiters();
             }
         }

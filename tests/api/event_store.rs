@@ -274,7 +274,7 @@ async fn append_connections_are_reused_only_when_left_ready() {
 
     let url = fresh_database().await;
     let pool = connect_ledger::db::connect(&url).await.expect("pool");
-    let direct = DirectConnections::new(pool.connect_options().as_ref().clone());
+    let direct = DirectConnections::for_pool(&pool);
     async fn backend(direct: &DirectConnections) -> i32 {
         let mut conn = direct.checkout().await.expect("checkout");
         let outcome = sqlx::query_scalar("SELECT pg_backend_pid()")
