@@ -18,7 +18,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 
-use crate::{Projection, ProjectionError, StoredEvent};
+use crate::{Checkpoint, Projection, ProjectionError, StoredEvent};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -29,7 +29,25 @@ pub struct AuditProjection {
     /// so they are kept without regard to checkpoints (unlike decision 28's rows): a batch
     /// reads from `events` only the links it holds neither in its own events nor here.
     learned: Mutex<KnownLinks>,
+    /// The chain's last entry as this process's committed batches left it (decision 39).
+    tip: Mutex<KeptTip>,
 }
+
+/// The last entry's position and hash, current while the projection's checkpoint stands where
+/// the batch that wrote it left it. The chain up to a checkpoint is a function of the events
+/// before it, so the tip is known without reading the table until another runner moves the
+/// checkpoint; the primary key on `position` refuses a stale one in any case.
+#[derive(Default)]
+struct KeptTip {
+    /// The checkpoint the tip is current at, and the tip (`None`: none kept).
+    at: Option<(Checkpoint, Tip)>,
+    /// The tip a batch wrote, and the checkpoints it moves between; kept once the runner
+    /// reports that batch committed.
+    pending: Option<(Checkpoint, Checkpoint, Tip)>,
+}
+
+/// An entry's position and hash: where the next entry links.
+type Tip = (i64, String);
 
 /// How many links [`AuditProjection::learned`] holds before it starts again from empty (a link
 /// is two short strings).
@@ -47,6 +65,7 @@ impl AuditProjection {
             name: name.to_owned(),
             table: table.to_owned(),
             learned: Mutex::new(KnownLinks::default()),
+            tip: Mutex::new(KeptTip::default()),
         }
     }
 }
@@ -124,13 +143,84 @@ impl Projection for AuditProjection {
         conn: &mut PgConnection,
         events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
+        let tip = self.read_tip(conn).await?;
+        let (rows, _) = self.entries(conn, events, tip).await?;
+        self.insert(conn, rows, None).await?;
+        Ok(())
+    }
+
+    fn one_statement_batches(&self) -> bool {
+        true
+    }
+
+    /// The batch's entries and the checkpoint's move in one statement, outside any transaction
+    /// (decision 39): the transaction holds its id for one statement only, and every other
+    /// projection's horizon waits for it that long only.
+    async fn apply_moving_checkpoint(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+        from: Checkpoint,
+        to: Checkpoint,
+    ) -> Result<bool, ProjectionError> {
+        let kept = {
+            let kept = self.tip.lock().unwrap_or_else(|p| p.into_inner());
+            kept.at
+                .clone()
+                .filter(|(at, _)| *at == from)
+                .map(|(_, tip)| tip)
+        };
+        let tip = match kept {
+            Some(tip) => tip,
+            None => self.read_tip(conn).await?,
+        };
+        let (rows, last) = self.entries(conn, events, tip).await?;
+        let moved = self.insert(conn, rows, Some((from, to))).await?;
+        if moved {
+            let mut kept = self.tip.lock().unwrap_or_else(|p| p.into_inner());
+            kept.pending = Some((from, to, last));
+        }
+        Ok(moved)
+    }
+
+    fn committed(&self, from: Checkpoint, to: Checkpoint, applied: u64) {
+        let mut kept = self.tip.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = kept.pending.take();
+        let still = kept.at.as_ref().is_some_and(|(at, _)| *at == from);
+        match pending {
+            Some((start, end, tip)) if applied > 0 && start == from && end == to => {
+                kept.at = Some((to, tip));
+            }
+            // A batch that moved the checkpoint past other types' events only.
+            _ if applied == 0 && still => {
+                if let Some((at, _)) = kept.at.as_mut() {
+                    *at = to;
+                }
+            }
+            _ => kept.at = None,
+        }
+    }
+}
+
+impl AuditProjection {
+    /// The chain's last entry as the table holds it.
+    async fn read_tip(&self, conn: &mut PgConnection) -> Result<Tip, sqlx::Error> {
         let table = &self.table;
-        let (mut position, mut previous): (i64, String) = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT position, hash FROM {table} ORDER BY position DESC LIMIT 1"
         ))
         .fetch_optional(&mut *conn)
         .await?
-        .unwrap_or((0, GENESIS.to_owned()));
+        .unwrap_or((0, GENESIS.to_owned())))
+    }
+
+    /// The entries of `events`, chained on from `tip`, and the tip they end at.
+    async fn entries<'e>(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&'e StoredEvent],
+        (mut position, mut previous): Tip,
+    ) -> Result<(EntryColumns<'e>, Tip), sqlx::Error> {
         let mut known = self.known_links(conn, events).await?;
         let mut rows = EntryColumns::with_capacity(events.len());
         for event in events {
@@ -190,32 +280,69 @@ impl Projection for AuditProjection {
             rows.hash.push(previous.clone());
         }
         self.learn(known);
-        sqlx::query(&format!(
-            "INSERT INTO {table} (position, global_position, recorded_at, aggregate_type, aggregate_id, sequence, \
+        Ok((rows, (position, previous)))
+    }
+
+    /// Writes `rows`. With `moving`, the same statement moves the projection's checkpoint from
+    /// its first to its second checkpoint, writes only if it stood at the first (the
+    /// compare-and-set of `runner::move_checkpoint`), and makes the commit asynchronous as the
+    /// runner's transactions are (docs/decisions/0023); returns whether it wrote.
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        rows: EntryColumns<'_>,
+        moving: Option<(Checkpoint, Checkpoint)>,
+    ) -> Result<bool, sqlx::Error> {
+        let table = &self.table;
+        let (moved, guard) = match moving {
+            Some(_) => (
+                "WITH moved AS (UPDATE projection_checkpoints SET last_transaction_id = $19::text::xid8, \
+                   last_position = $20, updated_at = now() \
+                   WHERE name = $17 AND last_transaction_id = $18::text::xid8 AND last_position = $21 \
+                   RETURNING 1), \
+                 written AS (",
+                " WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM moved), set_config('synchronous_commit', 'off', true) = 'off'",
+            ),
+            None => ("", ""),
+        };
+        let sql = format!(
+            "{moved}INSERT INTO {table} (position, global_position, recorded_at, aggregate_type, aggregate_id, sequence, \
                event_type, source, actor, correlation_id, stripe_event_id, app, purchase_id, charge_id, refund_id, hash) \
              SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[], $6::int8[], \
                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
-               $15::text[], $16::text[])"
-        ))
-        .bind(rows.position)
-        .bind(rows.global_position)
-        .bind(rows.recorded_at)
-        .bind(rows.aggregate_type)
-        .bind(rows.aggregate_id)
-        .bind(rows.sequence)
-        .bind(rows.event_type)
-        .bind(rows.source)
-        .bind(rows.actor)
-        .bind(rows.correlation_id)
-        .bind(rows.stripe_event_id)
-        .bind(rows.app)
-        .bind(rows.purchase_id)
-        .bind(rows.charge_id)
-        .bind(rows.refund_id)
-        .bind(rows.hash)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
+               $15::text[], $16::text[]){guard}"
+        );
+        let query = sqlx::query(&sql)
+            .bind(rows.position)
+            .bind(rows.global_position)
+            .bind(rows.recorded_at)
+            .bind(rows.aggregate_type)
+            .bind(rows.aggregate_id)
+            .bind(rows.sequence)
+            .bind(rows.event_type)
+            .bind(rows.source)
+            .bind(rows.actor)
+            .bind(rows.correlation_id)
+            .bind(rows.stripe_event_id)
+            .bind(rows.app)
+            .bind(rows.purchase_id)
+            .bind(rows.charge_id)
+            .bind(rows.refund_id)
+            .bind(rows.hash);
+        let Some((from, to)) = moving else {
+            query.execute(&mut *conn).await?;
+            return Ok(true);
+        };
+        let row = query
+            .bind(&self.name)
+            .bind(from.transaction_id.to_string())
+            .bind(to.transaction_id.to_string())
+            .bind(to.position)
+            .bind(from.position)
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::Row::try_get(&row, 0)
     }
 }
 

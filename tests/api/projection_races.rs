@@ -351,6 +351,97 @@ async fn kept_rows_are_not_used_once_another_instance_applied_a_batch() {
     );
 }
 
+/// The audit projection keeps the chain's last entry after its own committed batches and links
+/// the next batch to it only while the checkpoint stands where that batch left it (decision 39).
+/// Here two instances take turns: each must link to the entry the other wrote, and a batch read
+/// at a checkpoint that has moved since writes nothing.
+#[tokio::test]
+async fn the_audit_chain_continues_from_the_entry_another_instance_wrote() {
+    use connect_ledger::ledger::Ledger;
+    use ledger_aggregates::{EventMetadata, Source};
+    use ledger_projections::audit::{verify, AuditProjection};
+    use ledger_projections::stored_event::STORED_EVENT_COLUMNS;
+    use ledger_projections::Checkpoint;
+
+    let url = fresh_database().await;
+    let pool = PgPool::connect(&url).await.expect("connect");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    let instance = || {
+        let projection = Arc::new(AuditProjection::live());
+        (
+            ProjectionRunner::new(pool.clone(), vec![projection.clone()]),
+            projection,
+        )
+    };
+    let ((first, first_audit), (second, second_audit)) = (instance(), instance());
+    assert!(first_audit.one_statement_batches());
+    first.register().await.expect("register");
+    let ledger = Ledger::new(&pool, ProjectionRunner::new(pool.clone(), Vec::new()));
+    let meta = EventMetadata::new("test", Source::System, "t");
+    let command = |refund: &'static str| {
+        ledger
+            .charges
+            .execute("ch_chain", request_refund(refund, 100), &meta)
+    };
+
+    command("r1").await.expect("r1");
+    caught_up(&pool, &first, first_audit.as_ref()).await;
+    command("r2").await.expect("r2");
+    caught_up(&pool, &second, second_audit.as_ref()).await;
+    command("r3").await.expect("r3");
+    let at = caught_up(&pool, &first, first_audit.as_ref()).await;
+
+    let entries: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT position, global_position FROM audit_entries ORDER BY position")
+            .fetch_all(&pool)
+            .await
+            .expect("entries");
+    let events: Vec<i64> = sqlx::query_scalar("SELECT global_position FROM events ORDER BY 1")
+        .fetch_all(&pool)
+        .await
+        .expect("events");
+    assert_eq!(
+        entries,
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, global)| (i as i64 + 1, *global))
+            .collect::<Vec<_>>(),
+        "one entry per event, gap-free"
+    );
+    let verification = verify(&pool).await.expect("verify");
+    assert!(
+        verification.ok,
+        "chain broken at {:?}",
+        verification.first_bad_position
+    );
+    assert_eq!(verification.checked, events.len() as i64);
+
+    // The second instance kept the tip of r2's batch; r3's batch moved the checkpoint since.
+    let stored: Vec<StoredEvent> = sqlx::query_as(&format!(
+        "SELECT {STORED_EVENT_COLUMNS} FROM events ORDER BY global_position DESC LIMIT 1"
+    ))
+    .fetch_all(&pool)
+    .await
+    .expect("events");
+    let stale: Vec<&StoredEvent> = stored.iter().collect();
+    let mut conn = pool.acquire().await.expect("connection");
+    let earlier = Checkpoint {
+        position: at.position - 1,
+        ..at
+    };
+    let moved = second_audit
+        .apply_moving_checkpoint(&mut conn, &stale, earlier, at)
+        .await
+        .expect("stale batch");
+    assert!(!moved, "the checkpoint is not where the batch was read");
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_entries")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(written, events.len() as i64, "nothing written");
+}
+
 /// The `refunds` projection writes a live batch in one statement outside any transaction, with
 /// the checkpoint's compare-and-set in it (docs/decisions/0029): a batch read at a checkpoint
 /// that has moved since writes nothing.
