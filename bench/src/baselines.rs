@@ -120,7 +120,7 @@ impl PlainCqrs {
     /// different measurements apart.
     fn command(
         &self,
-        run: &'static str,
+        run: String,
     ) -> impl Fn(
         usize,
         usize,
@@ -132,8 +132,9 @@ impl PlainCqrs {
         let cqrs = std::sync::Arc::clone(&self.cqrs);
         move |client, n| {
             let cqrs = std::sync::Arc::clone(&cqrs);
+            let id = format!("{run}-{client}-{n}");
             Box::pin(async move {
-                cqrs.execute(&format!("{run}-{client}-{n}"), ())
+                cqrs.execute(&id, ())
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))
             })
@@ -141,17 +142,19 @@ impl PlainCqrs {
     }
 
     pub async fn figures(&self, pool: &PgPool, plan: &Plan) -> anyhow::Result<Vec<Figure>> {
-        figures(CQRS, None, plan, pool, self.command("first")).await
+        figures(CQRS, None, plan, pool, self.command("first".to_owned())).await
     }
 
-    /// The baseline at `clients` for `duration`, unreported (the caller averages it);
-    /// `run` must differ between calls.
+    /// The baseline at `clients` for `duration`, unreported (the caller averages it); `run`
+    /// must differ between calls at the same client count (the ids also name the count, so
+    /// that every command meets a fresh aggregate).
     pub async fn measure(
         &self,
         run: &'static str,
         clients: usize,
         duration: std::time::Duration,
     ) -> anyhow::Result<Figure> {
+        let run = format!("{run}-{clients}");
         crate::load::run(CQRS_BESIDE, None, clients, duration, 1.0, self.command(run)).await
     }
 }
