@@ -239,7 +239,10 @@ pub struct Lag {
 
 /// Time from a refund's last event commit to its row in `refunds`, at half the maximum load:
 /// refunds arrive at half the best rate the refund figures reached (an open loop, so a slow
-/// answer does not slow the arrivals down).
+/// answer does not slow the arrivals down). The load runs for the warm-up's length first,
+/// unmeasured, as every other figure's scenario does: the first seconds after the
+/// `CHECKPOINT` of [`settle_server_before_figure`] write every touched page whole into the WAL,
+/// and the probe's new HTTP connections are opened then.
 pub async fn projection_lag(
     service: &Service,
     pool: &PgPool,
@@ -251,10 +254,11 @@ pub async fn projection_lag(
     settle_server_before_figure(pool).await?;
     let started: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let measured_from = started + plan.warm_up;
     let stripe = service.stripe.clone();
     let (http, url) = (service.http.clone(), format!("{}/v1/refunds", service.base));
     let charge = Arc::new(std::sync::Mutex::new((String::new(), REFUNDS_PER_CHARGE)));
-    let completed = run_paced(rate, plan.duration, 512, move |n| {
+    let completed = run_paced(rate, plan.warm_up + plan.duration, 512, move |n| {
         let charge_id = {
             let mut slot = charge.lock().unwrap_or_else(|p| p.into_inner());
             if slot.1 >= REFUNDS_PER_CHARGE {
@@ -277,13 +281,16 @@ pub async fn projection_lag(
         }
     })
     .await?;
-    eprintln!("  lag probe: {completed} refunds at {rate:.0}/s");
+    eprintln!(
+        "  lag probe: {completed} refunds at {rate:.0}/s, the first {:?} unmeasured",
+        plan.warm_up
+    );
     let (p50, p99, rows): (Option<f64>, Option<f64>, i64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), count(*) \
          FROM (SELECT EXTRACT(EPOCH FROM projected_at - updated_at) * 1000 AS ms FROM refunds \
                WHERE created_at >= $1 AND status = 'succeeded') lag",
     )
-    .bind(started)
+    .bind(measured_from)
     .fetch_one(pool)
     .await?;
     Ok(Lag {
