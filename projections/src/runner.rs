@@ -17,10 +17,10 @@
 //! before it; the batch therefore moves the checkpoint only from where it read it (a
 //! compare-and-set), and a batch that finds it moved is rolled back (docs/decisions/0026).
 //!
-//! A projection that answers `one_statement_batches` (`refunds`) has no transaction around its
-//! live batch: its one write statement moves the checkpoint by the same compare-and-set and
-//! writes its rows only if that moved it, and the lock is only tried in the read
-//! (docs/decisions/0029).
+//! A projection that answers `one_statement_batches` (`refunds`, `audit`) has no transaction
+//! around its live batch: its one write statement moves the checkpoint by the same
+//! compare-and-set and writes its rows only if that moved it, and the lock is only tried in the
+//! read (docs/decisions/0029 and 0039).
 
 use std::collections::HashMap;
 use std::sync::Arc;
