@@ -18,6 +18,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 
+use crate::runner::{moved_checkpoint_query, ONE_STATEMENT_RESULT};
 use crate::{Checkpoint, Projection, ProjectionError, StoredEvent};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -296,15 +297,10 @@ impl AuditProjection {
         let table = &self.table;
         let (moved, guard) = match moving {
             Some(_) => (
-                "WITH moved AS (UPDATE projection_checkpoints SET last_transaction_id = $19::text::xid8, \
-                   last_position = $20, updated_at = now() \
-                   WHERE name = $17 AND last_transaction_id = $18::text::xid8 AND last_position = $21 \
-                   RETURNING 1), \
-                 written AS (",
-                " WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1) \
-                 SELECT EXISTS (SELECT 1 FROM moved), set_config('synchronous_commit', 'off', true) = 'off'",
+                format!("WITH {}, written AS (", moved_checkpoint_query(17)),
+                format!(" WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1) {ONE_STATEMENT_RESULT}"),
             ),
-            None => ("", ""),
+            None => (String::new(), String::new()),
         };
         let sql = format!(
             "{moved}INSERT INTO {table} (position, global_position, recorded_at, aggregate_type, aggregate_id, sequence, \
@@ -337,9 +333,9 @@ impl AuditProjection {
         let row = query
             .bind(&self.name)
             .bind(from.transaction_id.to_string())
+            .bind(from.position)
             .bind(to.transaction_id.to_string())
             .bind(to.position)
-            .bind(from.position)
             .fetch_one(&mut *conn)
             .await?;
         sqlx::Row::try_get(&row, 0)

@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgPool, QueryBuilder};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use crate::runner::{moved_checkpoint_query, ONE_STATEMENT_RESULT};
 use crate::touched::Touched;
 use crate::{Checkpoint, Projection, ProjectionError, StoredEvent};
 
@@ -566,20 +567,13 @@ impl RefundsProjection {
         if nothing_changed && moving.is_none() {
             return Ok(true);
         }
-        let (moved, guard) = match moving {
+        let (moved, guard, result) = match moving {
             Some(_) => (
-                "moved AS (UPDATE projection_checkpoints SET last_transaction_id = $39::text::xid8, \
-                   last_position = $40, updated_at = now() \
-                   WHERE name = $36 AND last_transaction_id = $37::text::xid8 AND last_position = $38 \
-                   RETURNING 1), ",
+                format!("{}, ", moved_checkpoint_query(36)),
                 "WHERE EXISTS (SELECT 1 FROM moved)",
+                ONE_STATEMENT_RESULT,
             ),
-            None => ("", ""),
-        };
-        let result = if moving.is_some() {
-            "SELECT EXISTS (SELECT 1 FROM moved), set_config('synchronous_commit', 'off', true) = 'off'"
-        } else {
-            "SELECT true, true"
+            None => (String::new(), "", "SELECT true, true"),
         };
         let sql = format!(
             "WITH {moved}\

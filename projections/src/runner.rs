@@ -864,6 +864,27 @@ pub(crate) async fn read_events(
     .await
 }
 
+/// The `moved` query of a one-statement batch (decisions 29 and 39): moves the checkpoint as
+/// [`move_checkpoint`] does, from its five parameters numbered from `$first` in the same order
+/// (the name, `from`'s transaction id and position, `to`'s). The batch guards its writes with
+/// `WHERE EXISTS (SELECT 1 FROM moved)` and ends with [`ONE_STATEMENT_RESULT`].
+pub(crate) fn moved_checkpoint_query(first: usize) -> String {
+    let [name, from_transaction, from_position, to_transaction, to_position] =
+        std::array::from_fn(|i| first + i);
+    format!(
+        "moved AS (UPDATE projection_checkpoints SET last_transaction_id = ${to_transaction}::text::xid8, \
+           last_position = ${to_position}, updated_at = now() \
+           WHERE name = ${name} AND last_transaction_id = ${from_transaction}::text::xid8 \
+             AND last_position = ${from_position} \
+           RETURNING 1)"
+    )
+}
+
+/// What a one-statement batch selects: whether it moved the checkpoint, and (true) that its
+/// commit is asynchronous, as the runner's transactions are (docs/decisions/0023).
+pub(crate) const ONE_STATEMENT_RESULT: &str =
+    "SELECT EXISTS (SELECT 1 FROM moved), set_config('synchronous_commit', 'off', true) = 'off'";
+
 /// Moves the projection's checkpoint from `from` to `to`, inside the caller's transaction;
 /// false when it no longer stands at `from` (another runner moved it: a compare-and-set, which
 /// PostgreSQL evaluates on the row's latest committed version, waiting for a writer still open).
