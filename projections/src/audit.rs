@@ -175,13 +175,30 @@ impl Projection for AuditProjection {
             Some(tip) => tip,
             None => self.read_tip(conn).await?,
         };
-        let (rows, last) = self.entries(conn, events, tip).await?;
-        let moved = self.insert(conn, rows, Some((from, to))).await?;
-        if moved {
-            let mut kept = self.tip.lock().unwrap_or_else(|p| p.into_inner());
-            kept.pending = Some((from, to, last));
+        let written = async {
+            let (rows, last) = self.entries(conn, events, tip).await?;
+            let moved = self.insert(conn, rows, Some((from, to))).await?;
+            Ok::<_, sqlx::Error>(moved.then_some(last))
         }
-        Ok(moved)
+        .await;
+        let mut kept = self.tip.lock().unwrap_or_else(|p| p.into_inner());
+        match written {
+            Ok(Some(last)) => {
+                kept.pending = Some((from, to, last));
+                Ok(true)
+            }
+            // Whatever went wrong, the next batch reads the tip from the table: a kept tip that
+            // no longer matches it (an entry written behind this process's back) fails the
+            // primary key every time it is used.
+            Ok(None) => {
+                *kept = KeptTip::default();
+                Ok(false)
+            }
+            Err(error) => {
+                *kept = KeptTip::default();
+                Err(error.into())
+            }
+        }
     }
 
     fn committed(&self, from: Checkpoint, to: Checkpoint, applied: u64) {

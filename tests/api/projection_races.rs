@@ -442,6 +442,85 @@ async fn the_audit_chain_continues_from_the_entry_another_instance_wrote() {
     assert_eq!(written, events.len() as i64, "nothing written");
 }
 
+/// A kept tip that no longer matches the table (here an entry written behind the projection's
+/// back) fails the next batch on the primary key; the batch after it must read the tip from the
+/// table and chain on from it, not fail for ever.
+#[tokio::test]
+async fn a_batch_that_failed_on_a_kept_tip_reads_the_tip_again() {
+    use connect_ledger::ledger::Ledger;
+    use ledger_aggregates::{EventMetadata, Source};
+    use ledger_projections::audit::{entry_hash, AuditProjection};
+    use ledger_projections::stored_event::STORED_EVENT_COLUMNS;
+
+    let url = fresh_database().await;
+    let pool = PgPool::connect(&url).await.expect("connect");
+    connect_ledger::db::migrate(&pool).await.expect("migrate");
+    let audit = Arc::new(AuditProjection::live());
+    let runner = ProjectionRunner::new(pool.clone(), vec![audit.clone()]);
+    runner.register().await.expect("register");
+    let ledger = Ledger::new(&pool, ProjectionRunner::new(pool.clone(), Vec::new()));
+    let meta = EventMetadata::new("test", Source::System, "t");
+    ledger
+        .charges
+        .execute("ch_tip", request_refund("r1", 100), &meta)
+        .await
+        .expect("r1");
+    caught_up(&pool, &runner, audit.as_ref()).await;
+    let bogus: i64 = sqlx::query_scalar(
+        "INSERT INTO audit_entries (position, global_position, recorded_at, aggregate_type, aggregate_id, \
+           sequence, event_type, source, actor, hash) \
+         SELECT max(position) + 1, -1, now(), 'Bogus', 'x', 0, 'Bogus', 'system', 'test', 'bogus' \
+         FROM audit_entries RETURNING position",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("bogus entry");
+    ledger
+        .charges
+        .execute("ch_tip", request_refund("r2", 100), &meta)
+        .await
+        .expect("r2");
+    let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("last event");
+    let mut failed = 0;
+    for _ in 0..500 {
+        match runner.catch_up(audit.as_ref()).await {
+            Err(_) => failed += 1,
+            Ok(_) => {
+                let at = runner.checkpoint(audit.name()).await.expect("checkpoint");
+                if at.position >= last {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        failed, 1,
+        "one batch fails on the kept tip, the next reads it again"
+    );
+    let (global, hash): (i64, String) =
+        sqlx::query_as("SELECT global_position, hash FROM audit_entries WHERE position = $1")
+            .bind(bogus + 1)
+            .fetch_one(&pool)
+            .await
+            .expect("the entry after the bogus one");
+    let event: StoredEvent = sqlx::query_as(&format!(
+        "SELECT {STORED_EVENT_COLUMNS} FROM events WHERE global_position = $1"
+    ))
+    .bind(global)
+    .fetch_one(&pool)
+    .await
+    .expect("its event");
+    assert_eq!(
+        hash,
+        entry_hash("bogus", &event),
+        "chained on from the table's tip"
+    );
+}
+
 /// The `refunds` projection writes a live batch in one statement outside any transaction, with
 /// the checkpoint's compare-and-set in it (docs/decisions/0029): a batch read at a checkpoint
 /// that has moved since writes nothing.
